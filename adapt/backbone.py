@@ -1,0 +1,238 @@
+"""Contrastive backbones: create or load any open_clip architecture, and save checkpoints.
+
+``create_backbone`` is the one factory: it returns the model together with its tokenizer and
+the preprocessing that matches it (input size, mean/std, resize rule), so they cannot drift
+apart. ``pretrained`` may be an open_clip tag (needs network, fails fast offline), a local
+checkpoint file or open_clip folder, ``"default"`` (this product's own pretrained backbone,
+see ``adapt.pretrain``), or ``None``/``"none"`` for random initialisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+
+from adapt.errors import BackboneError
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)  # registers adapt-tiny, adapt-small, ...
+
+DEFAULT_ARCH = "adapt-small"
+CHECKPOINT_NAME = "open_clip_pytorch_model.bin"
+OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass
+class Backbone:
+    """An open_clip model with everything that must travel with it."""
+
+    model: torch.nn.Module
+    arch: str
+    pretrained: str  # what the user asked for ("none", a tag, a path, "default")
+    weights_id: str  # content hash of the weights file, or the tag; part of run fingerprints
+    tokenizer: object
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize_mode: str = "shortest"
+    model_cfg: dict = field(default_factory=dict)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model_cfg.get("embed_dim", 0)) or int(self.model.text_projection.shape[1])
+
+    def describe(self) -> str:
+        return f"{self.arch}@{self.pretrained}"
+
+
+def list_architectures() -> list[str]:
+    return open_clip.list_models()
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_dict_hash(model: torch.nn.Module) -> str:
+    """Content hash of a model's weights (identifies random initialisations for caches)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def create_backbone(
+    arch: str = DEFAULT_ARCH,
+    pretrained: str | None = "default",
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> Backbone:
+    """Create ``arch`` with weights from ``pretrained``; see the module docstring for the forms."""
+    pretrained = (pretrained or "none").strip()
+    if pretrained.lower() == "default":
+        from adapt.default_backbone import default_checkpoint
+
+        pretrained = str(default_checkpoint(arch))
+    path = Path(pretrained).expanduser()
+    if pretrained.lower() == "none":
+        model = _create(arch, None, device, precision)
+        weights_id = f"random-init:{state_dict_hash(model)}"
+    elif path.is_dir():
+        model, arch, weights_id = _create_from_dir(path, arch, device, precision)
+    elif path.is_file():
+        _register_config_beside(path, arch)
+        model, weights_id = _create(arch, str(path), device, precision), file_sha256(path)[:16]
+    elif _looks_like_path(pretrained):
+        raise BackboneError(f"pretrained weights file not found: {pretrained}")
+    else:
+        model, weights_id = _create_from_tag(arch, pretrained, device, precision), f"tag:{pretrained}"
+    model.eval()
+    pp = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
+    size = pp.get("size", model.visual.image_size)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    cfg = open_clip.get_model_config(arch) or {}
+    return Backbone(
+        model=model,
+        arch=arch,
+        pretrained=pretrained,
+        weights_id=weights_id,
+        tokenizer=open_clip.get_tokenizer(arch),
+        image_size=int(size),
+        mean=tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)),
+        resize_mode=pp.get("resize_mode", "shortest"),
+        model_cfg=cfg,
+    )
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or text.startswith(".") or text.endswith((".bin", ".pt", ".pth", ".safetensors", ".npz"))
+
+
+def _create(arch: str, checkpoint: str | None, device, precision) -> torch.nn.Module:
+    if arch not in open_clip.list_models():
+        raise BackboneError(
+            f"unknown architecture '{arch}'; pass a config beside the checkpoint or one of "
+            f"adapt-tiny, adapt-small, ViT-B-16, ... (`python -c 'import open_clip; print(open_clip.list_models())'`)"
+        )
+    try:
+        return open_clip.create_model(arch, pretrained=checkpoint, device=device, precision=precision)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        what = f"weights {checkpoint}" if checkpoint else "a random model"
+        raise BackboneError(f"cannot create {arch} with {what}: {_first_line(exc)}") from exc
+
+
+def _create_from_dir(path: Path, arch: str, device, precision) -> tuple[torch.nn.Module, str, str]:
+    """An open_clip folder (``open_clip_config.json`` + weights), as written by ``save_checkpoint``."""
+    cfg_path = path / OPEN_CLIP_CONFIG_NAME
+    if not cfg_path.is_file():
+        raise BackboneError(f"{path} is a folder without {OPEN_CLIP_CONFIG_NAME}; pass the checkpoint file instead")
+    weights = next((path / n for n in (CHECKPOINT_NAME, "open_clip_model.safetensors") if (path / n).is_file()), None)
+    if weights is None:
+        raise BackboneError(f"no weights ({CHECKPOINT_NAME}) in {path}")
+    info = json.loads(cfg_path.read_text())
+    arch = info.get("arch", arch)
+    _register_config(arch, info["model_cfg"])
+    return _create(arch, str(weights), device, precision), arch, file_sha256(weights)[:16]
+
+
+def _register_config_beside(checkpoint: Path, arch: str) -> None:
+    """Make a checkpoint's architecture known when its config ships beside it (it wins over built-ins)."""
+    own = checkpoint.parent / f"{arch}.json"
+    folder = checkpoint.parent / OPEN_CLIP_CONFIG_NAME
+    if own.is_file():
+        _register_config(arch, json.loads(own.read_text()))
+    elif folder.is_file():
+        info = json.loads(folder.read_text())
+        if info.get("arch", arch) == arch and "model_cfg" in info:
+            _register_config(arch, info["model_cfg"])
+
+
+def _register_config(arch: str, model_cfg: dict) -> None:
+    from open_clip import factory
+
+    factory._MODEL_CONFIGS[arch] = model_cfg  # open_clip's own registry (add_model_config needs a file)
+
+
+def _hub_reachable() -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _create_from_tag(arch: str, tag: str, device, precision) -> torch.nn.Module:
+    tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+    if tag not in tags:
+        known = ", ".join(tags) or "none"
+        raise BackboneError(
+            f"'{tag}' is neither a file nor a known open_clip tag for {arch} (tags: {known}); "
+            f"use --pretrained none, default, a tag, or a checkpoint path"
+        )
+    import huggingface_hub.constants as hf_constants
+
+    offline = not _hub_reachable()
+    if offline:  # use the local cache only; without this the hub client retries for ~a minute
+        hf_constants.HF_HUB_OFFLINE = True
+    try:
+        return open_clip.create_model(arch, pretrained=tag, device=device, precision=precision)
+    except Exception as exc:  # download and cache failures come in many types
+        hint = (
+            "the model hub is unreachable and the weights are not cached"
+            if offline
+            else f"download failed: {_first_line(exc)}"
+        )
+        raise BackboneError(
+            f"cannot load pretrained tag '{tag}' for {arch}: {hint}. Download the checkpoint on a connected "
+            f"machine and pass it as a file: --pretrained /path/to/open_clip_pytorch_model.bin"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def save_checkpoint(model: torch.nn.Module, arch: str, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write an open_clip-loadable checkpoint to ``out_dir`` and return the weights path.
+
+    Written beside the weights: ``<arch>.json`` (for ``open_clip.add_model_config``) and
+    ``open_clip_config.json`` (for ``open_clip.create_model("local-dir:OUT_DIR")``), so both
+    ``add_model_config(dir); create_model_and_transforms(arch, pretrained=file)`` and the
+    ``local-dir:`` schema load it with plain open_clip.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:
+        raise BackboneError(f"no open_clip config known for {arch}")
+    pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    weights = out_dir / CHECKPOINT_NAME
+    tmp = weights.with_suffix(".tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, weights)
+    (out_dir / f"{arch}.json").write_text(json.dumps(model_cfg, indent=2))
+    info = {"arch": arch, "model_cfg": model_cfg, "preprocess_cfg": pp, **(extra or {})}
+    (out_dir / OPEN_CLIP_CONFIG_NAME).write_text(json.dumps(info, indent=2, default=str))
+    logger.info("wrote open_clip checkpoint %s", weights)
+    return weights

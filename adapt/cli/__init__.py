@@ -1,0 +1,79 @@
+"""The ``adapt`` command line: one sub-module per command.
+
+Each command module exposes ``register(subparsers)`` that adds its parser and sets
+``func`` to a handler taking the parsed namespace. Handlers import heavy libraries (torch,
+open_clip, Lightning, MLflow) inside themselves, so ``adapt --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from adapt import __version__
+from adapt.errors import AdaptError
+
+logger = logging.getLogger("adapt")
+
+# Command modules, in the order `adapt --help` lists them.
+COMMANDS = ("demo", "pretrain", "retrain", "eval", "export", "serve", "classify", "models")
+
+DESCRIPTION = """\
+Few-shot adaptation of CLIP models to industrial inspection.
+
+Typical flow: `adapt retrain --data DIR --method linear --shots 16` adapts a backbone on a few
+labelled images per class and writes model.onnx + metrics; `adapt serve --model ...` serves it
+over gRPC; `adapt classify --server HOST:PORT PATH...` is the factory client.
+Run `adapt COMMAND --help` for the options of each command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adapt", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"adapt {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"adapt.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"adapt.cli.{name}":
+                continue  # command not built in this checkout
+            raise
+        module.register(sub)
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if verbose < 2:  # third-party chatter only when asked for
+        for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "root", "mlflow", "alembic", "urllib3", "onnxscript", "onnx_ir", "torch.onnx", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        result = args.func(args)
+    except AdaptError as exc:
+        print(f"adapt {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"adapt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""``adapt retrain``: few-shot adaptation, held-out evaluation, ONNX export (and tracking)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from adapt.cli.common import add_backbone_options, parse_key_values
+
+METHODS = ("zeroshot", "linear", "coop", "lora", "tip-adapter")
+
+EPILOG = """\
+examples:
+  adapt retrain --data parts/ --method linear --shots 16 --seed 1
+  adapt retrain --data elpv --method lora --shots 16 --hp rank=8 --hp epochs=80
+  adapt retrain --data labels.csv --method tip-adapter --hp finetune=true --output-dir runs/tip
+
+hyper-parameters (--hp KEY=VALUE) per method:
+  linear       c_grid, max_iter
+  coop         n_ctx, init, epochs, lr, batch_size, patience
+  lora         towers (vision,text), modules (attn,c_fc,c_proj), rank, alpha, dropout, epochs, lr, batch_size, patience, augment
+  tip-adapter  alpha_grid, beta_grid, finetune, epochs, lr
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "retrain",
+        help="adapt a backbone on K labelled images per class, evaluate, export ONNX",
+        description="Few-shot adaptation: draws --shots images per class (and as many for validation) from the "
+        "training pool with --seed, fits --method, chooses hyper-parameters and the reject threshold on the "
+        "validation images only, exports model.onnx and evaluates it on the held-out test split.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="folder ROOT/<label>/*.png, CSV manifest path,label[,split], elpv[:4class][:mono|:poly], or synthetic")
+    p.add_argument("--method", choices=METHODS, default="linear", help="adaptation method (default: %(default)s)")
+    p.add_argument("--shots", type=int, default=16, help="labelled training images per class (default: %(default)s)")
+    p.add_argument("--val-shots", type=int, default=None, help="validation images per class from the training pool (default: same as --shots)")
+    p.add_argument("--seed", type=int, default=1, help="seed for the few-shot draw and training (default: %(default)s)")
+    p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="method hyper-parameter (repeatable; see below)")
+    p.add_argument("--describe", action="append", metavar="CLASS=WORDS", help="words for a class in prompts, e.g. --describe 'crack=cracked surface'")
+    p.add_argument("--output-dir", default=None, help="where model.onnx, metrics.json, confusion_matrix.png go (default: runs/retrain/<name>)")
+    p.add_argument("--test-fraction", type=float, default=0.25, help="held-out share when the data has no test split (default: %(default)s)")
+    p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them with a warning")
+    p.add_argument("--review-accuracy", type=float, default=0.95, help="reject threshold: lowest confidence at which accepted validation predictions reach this accuracy (default: %(default)s)")
+    p.add_argument("--reject-threshold", type=float, default=None, help="fixed reject threshold instead of choosing one")
+    p.add_argument("--no-cache", action="store_true", help="recompute frozen features instead of using the cache")
+    p.add_argument("--json", action="store_true", help="print the metrics JSON instead of a summary")
+    add_backbone_options(p)
+    add_tracking = getattr(_tracking_cli(), "add_tracking_options", None)
+    if add_tracking:
+        add_tracking(p)
+    p.set_defaults(func=run)
+
+
+def _tracking_cli():
+    try:
+        from adapt.cli import tracking_options
+    except ImportError:
+        return None
+    return tracking_options
+
+
+def run(args: argparse.Namespace) -> int:
+    from adapt.errors import AdaptError
+    from adapt.retrain import RetrainConfig, run_retrain
+
+    try:
+        cfg = RetrainConfig(
+            data=args.data,
+            method=args.method,
+            shots=args.shots,
+            seed=args.seed,
+            val_shots=args.val_shots,
+            backbone=args.backbone,
+            pretrained=args.pretrained,
+            output_dir=args.output_dir,
+            hparams=parse_key_values(args.hp, "--hp"),
+            descriptions=parse_key_values(args.describe, "--describe"),
+            device=args.device,
+            review_target_accuracy=args.review_accuracy,
+            reject_threshold=args.reject_threshold,
+            test_fraction=args.test_fraction,
+            strict_images=args.strict,
+            progress=not args.quiet,
+            use_feature_cache=not args.no_cache,
+        )
+    except ValueError as exc:
+        raise AdaptError(str(exc)) from exc
+    tracking = _tracking_cli()
+    hooks = tracking.make_hooks(args, cfg) if tracking else None
+    try:
+        result = run_retrain(cfg, hooks)
+    except ValueError as exc:  # config validation inside methods
+        raise AdaptError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    else:
+        print(summary(result))
+    return 0
+
+
+def summary(result) -> str:
+    m = result.metrics
+    lines = [
+        f"{m['dataset']} · {m['method']} · {m['shots']}-shot · seed {m['seed']}  (held-out test: {m['n']} images)",
+        f"  accuracy {m['accuracy']:.1%}   balanced accuracy {m['balanced_accuracy']:.1%}   macro-F1 {m['macro_f1']:.3f}"
+        + (f"   ROC-AUC {m['roc_auc']:.3f}" if "roc_auc" in m else ""),
+        f"  needs review: {m.get('needs_review_rate', 0):.1%} of images (threshold {m.get('reject_threshold', 0):.2f})",
+        f"  model:   {result.model_path}",
+        f"  metrics: {result.output_dir / 'metrics.json'}   confusion matrix: {result.output_dir / 'confusion_matrix.png'}",
+        f"  time:    adapt {result.timings['adapt_s']:.1f}s, total {result.timings['total_s']:.1f}s",
+    ]
+    return "\n".join(lines)

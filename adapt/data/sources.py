@@ -1,0 +1,167 @@
+"""Data sources: turn what the user passes as ``--data`` into train pool + held-out test split.
+
+Forms of ``spec``:
+- a folder ``ROOT/<label>/*.png|jpg|...`` (``ROOT/train`` + ``ROOT/test`` if both exist, else
+  a stratified split with a fixed seed);
+- a CSV manifest ``path,label[,split]`` (paths relative to the CSV);
+- ``elpv`` / ``elpv:4class`` / ``elpv:mono`` / ``elpv:poly`` (combinable, e.g.
+  ``elpv:4class:mono``): the ELPV solar-cell set with its fixed test split;
+- ``synthetic`` or ``synthetic:good,scratch,crack`` (class list): the procedural generator.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from adapt.data.images import DatasetSplits, ImageSet
+from adapt.errors import DataError
+from adapt.imageio import IMAGE_EXTENSIONS, ImageDecodeError, read_image
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEST_FRACTION = 0.25
+SPLIT_SEED = 0  # the held-out split never depends on the run's seed
+
+
+def load_dataset(
+    spec: str | Path,
+    *,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    check_images: bool = True,
+    strict: bool = False,
+) -> DatasetSplits:
+    """Resolve ``spec`` (see module docstring) to a ``DatasetSplits``.
+
+    ``check_images`` decodes every user-supplied file once up front: unreadable ones are skipped
+    with a warning naming each file, or raise ``DataError`` when ``strict``.
+    """
+    text = str(spec)
+    head = text.split(":", 1)[0].lower()
+    if head == "elpv" and not Path(text).exists():
+        from adapt.data.elpv import load_elpv
+
+        return load_elpv(text)
+    if head == "synthetic" and not Path(text).exists():
+        from adapt.data.synthetic_source import load_synthetic
+
+        return load_synthetic(text)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise DataError(f"dataset not found: {text} (expected a folder, a CSV manifest, 'elpv[...]' or 'synthetic')")
+    if path.is_dir():
+        splits = _load_folder(path, test_fraction)
+    elif path.suffix.lower() == ".csv":
+        splits = _load_csv(path, test_fraction)
+    else:
+        raise DataError(f"{path} is neither a folder nor a .csv manifest")
+    if check_images:
+        splits = DatasetSplits(splits.name, _drop_unreadable(splits.train, strict), _drop_unreadable(splits.test, strict))
+    return splits
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _scan_labels(folder: Path) -> dict[str, list[Path]]:
+    labelled = {d.name: _images_in(d) for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    return {label: files for label, files in labelled.items() if files}
+
+
+def _load_folder(root: Path, test_fraction: float) -> DatasetSplits:
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train, test = _scan_labels(root / "train"), _scan_labels(root / "test")
+        if not train:
+            raise DataError(f"no labelled images in {root / 'train'} (expected {root / 'train'}/<label>/*.png)")
+        classes = tuple(sorted(set(train) | set(test)))
+        return DatasetSplits(root.name, _from_files(train, classes, root), _from_files(test, classes, root))
+    labelled = _scan_labels(root)
+    if not labelled:
+        exts = "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+        raise DataError(f"no labelled images in {root} (expected {root}/<label>/*.{{{exts}}})")
+    classes = tuple(sorted(labelled))
+    return _stratified(root.name, _from_files(labelled, classes, root), test_fraction)
+
+
+def _from_files(labelled: dict[str, list[Path]], classes: tuple[str, ...], root: Path) -> ImageSet:
+    keys, labels = [], []
+    for label, files in labelled.items():
+        for f in files:
+            keys.append(f.resolve().relative_to(root.resolve()).as_posix())
+            labels.append(classes.index(label))
+    return ImageSet(tuple(keys), np.array(labels, dtype=np.int64), classes, root=str(root.resolve()))
+
+
+def _load_csv(manifest: Path, test_fraction: float) -> DatasetSplits:
+    root = manifest.parent.resolve()
+    rows = []
+    with open(manifest, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"path", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{manifest}: missing column(s) {', '.join(sorted(missing))} (expected path,label[,split])")
+        for line, row in enumerate(reader, start=2):
+            path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+            if not path or not label:
+                raise DataError(f"{manifest}:{line}: empty path or label")
+            if not (root / path).is_file():
+                raise DataError(f"{manifest}:{line}: image not found: {path}")
+            rows.append((path, label, (row.get("split") or "").strip().lower()))
+    if not rows:
+        raise DataError(f"{manifest}: no rows")
+    classes = tuple(sorted({label for _, label, _ in rows}))
+    keys = tuple(Path(p).as_posix() for p, _, _ in rows)
+    labels = np.array([classes.index(label) for _, label, _ in rows])
+    everything = ImageSet(keys, labels, classes, root=str(root))
+    splits = np.array([s for _, _, s in rows])
+    unknown = set(splits) - {"", "train", "test", "val"}
+    if unknown:
+        raise DataError(f"{manifest}: unknown split value(s) {sorted(unknown)} (use train or test)")
+    if (splits == "test").any():
+        test_mask = splits == "test"
+        return DatasetSplits(manifest.stem, everything.subset(np.flatnonzero(~test_mask)), everything.subset(np.flatnonzero(test_mask)))
+    return _stratified(manifest.stem, everything, test_fraction)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of (train, test): stratified by ``labels``, deterministic in ``seed``."""
+    idx = np.arange(len(labels))
+    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
+    return np.sort(train), np.sort(test)
+
+
+def _stratified(name: str, everything: ImageSet, test_fraction: float) -> DatasetSplits:
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test fraction must be between 0 and 1, got {test_fraction}")
+    counts = everything.class_counts()
+    too_small = [c for c, n in counts.items() if n < 2]
+    if too_small:
+        raise DataError(
+            f"class '{too_small[0]}' has {counts[too_small[0]]} image(s); at least 2 are needed to hold one out for testing"
+        )
+    try:
+        train, test = stratified_split(everything.labels, test_fraction)
+    except ValueError as exc:
+        raise DataError(f"cannot split {name} into train/test: {exc}") from exc
+    return DatasetSplits(name, everything.subset(train), everything.subset(test))
+
+
+def _drop_unreadable(images: ImageSet, strict: bool) -> ImageSet:
+    good = []
+    for i in range(len(images)):
+        try:
+            read_image(Path(images.root) / images.keys[i])
+        except ImageDecodeError as exc:
+            if strict:
+                raise DataError(str(exc)) from exc
+            logger.warning("skipping unreadable image %s", exc)
+            continue
+        good.append(i)
+    if len(good) < len(images):
+        logger.warning("skipped %d unreadable image(s) of %d", len(images) - len(good), len(images))
+    return images if len(good) == len(images) else images.subset(good)

@@ -1,0 +1,121 @@
+"""Export an ``ImageClassifier`` to one ONNX graph (uint8 pixels in, probabilities out) and check it.
+
+The graph's input is ``pixels: uint8[N, H, W, 3]`` with a dynamic batch axis; normalisation is
+inside the graph; labels, input size, resize rule, reject threshold and model identity travel
+in the model's metadata (``adapt.modelmeta``). ``check_parity`` compares ONNX Runtime against
+the torch classifier on random images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from adapt.classifier import ImageClassifier
+from adapt.errors import AdaptError
+from adapt.modelmeta import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata
+
+logger = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-4
+OPSET = 18
+
+
+def export_onnx(
+    classifier: ImageClassifier,
+    path: str | Path,
+    *,
+    model_name: str = "",
+    model_version: str = "",
+    check: bool = True,
+) -> Path:
+    """Write ``classifier`` as ONNX to ``path`` (atomically) and, by default, verify parity."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    classifier = classifier.eval().cpu()
+    size = classifier.info.image_size
+    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)  # batch >= 2 keeps the axis dynamic
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            classifier,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=4096)}},
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+    program.optimize()
+    model = program.model_proto
+    metadata = classifier.info.metadata(model_name, model_version)
+    set_metadata(model, metadata)
+    onnx.save_model(model, tmp)
+    tmp.replace(path)
+    if check:
+        err = check_parity(classifier, path)
+        logger.info("exported %s (ONNX Runtime vs torch: max |dp| = %.2e)", path, err)
+    return path
+
+
+def set_metadata(model: onnx.ModelProto, metadata: ClassifierMetadata) -> None:
+    keep = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    model.metadata_props.add(key=METADATA_KEY, value=metadata.to_json())
+    model.producer_name = "adapt"
+
+
+def read_metadata(path: str | Path) -> ClassifierMetadata:
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return ClassifierMetadata.from_json(prop.value)
+    raise AdaptError(f"{path} has no adapt classifier metadata (was it exported by adapt?)")
+
+
+def rewrite_metadata(path: str | Path, **changes) -> ClassifierMetadata:
+    """Change metadata fields (e.g. model name/version after registration) in place."""
+    path = Path(path)
+    model = onnx.load(str(path))
+    meta = read_metadata(path)
+    for key, value in changes.items():
+        setattr(meta, key, value)
+    set_metadata(model, ClassifierMetadata.from_json(meta.to_json()))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    onnx.save_model(model, tmp)
+    tmp.replace(path)
+    return meta
+
+
+def ort_session(path: str | Path, threads: int = 0):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+def check_parity(classifier: ImageClassifier, path: str | Path, n: int = 4, seed: int = 0, tolerance: float = PARITY_TOLERANCE) -> float:
+    """Max absolute probability difference between ONNX Runtime and torch on random images;
+    raises ``AdaptError`` above ``tolerance``."""
+    size = classifier.info.image_size
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = classifier.eval().cpu()(torch.from_numpy(pixels)).numpy()
+    got = ort_session(path).run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
+    err = float(np.abs(expected - got).max())
+    if not err <= tolerance:
+        raise AdaptError(f"ONNX export parity check failed: max |p_onnx - p_torch| = {err:.2e} > {tolerance:.0e}")
+    return err

@@ -1,0 +1,124 @@
+"""Image loading for torch and frozen-feature extraction with an on-disk cache.
+
+Frozen methods (zero-shot, linear probe, Tip-Adapter, CoOp) only need the image features of
+the backbone, so they are computed once per (weights, preprocessing, image) and cached under
+the user cache dir; every later run on the same data reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from adapt.classifier import PixelNormalizer
+from adapt.data.images import ImageSet
+from adapt.errors import DataError
+from adapt.imageio import ImageDecodeError, to_model_pixels
+
+logger = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("ADAPT_CACHE_DIR") or user_cache_dir("adapt"))
+
+
+class PixelDataset(Dataset):
+    """An ``ImageSet`` as uint8 ``[H, W, 3]`` tensors at the model's input size, with labels."""
+
+    def __init__(self, images: ImageSet, image_size: int, resize_mode: str = "shortest") -> None:
+        self.images, self.image_size, self.resize_mode = images, image_size, resize_mode
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        try:
+            img = self.images.load(i)
+        except ImageDecodeError as exc:
+            raise DataError(str(exc)) from exc
+        pixels = to_model_pixels(img, self.image_size, self.resize_mode)
+        return torch.from_numpy(pixels), int(self.images.labels[i])
+
+
+def load_pixels(images: ImageSet, image_size: int, resize_mode: str = "shortest", progress: bool = True) -> torch.Tensor:
+    """All images of a (small) set as one uint8 tensor ``[N, H, W, 3]``."""
+    ds = PixelDataset(images, image_size, resize_mode)
+    items = [ds[i][0] for i in tqdm(range(len(ds)), desc="loading images", disable=not progress, leave=False)]
+    return torch.stack(items) if items else torch.empty(0, image_size, image_size, 3, dtype=torch.uint8)
+
+
+def _cache_key(weights_id: str, image_size: int, resize_mode: str, mean, std, images: ImageSet) -> str:
+    h = hashlib.sha256(f"{weights_id}|{image_size}|{resize_mode}|{tuple(mean)}|{tuple(std)}|{images.root}".encode())
+    for key in images.keys:
+        h.update(b"\x1e" + key.encode())
+    return h.hexdigest()[:24]
+
+
+@torch.no_grad()
+def encode_images(
+    visual: torch.nn.Module,
+    images: ImageSet,
+    *,
+    image_size: int,
+    mean,
+    std,
+    resize_mode: str = "shortest",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "extracting features",
+) -> torch.Tensor:
+    """L2-normalised image features ``[N, D]`` (float32, on the CPU)."""
+    normalize = PixelNormalizer(mean, std).to(device)
+    visual = visual.to(device).eval()
+    loader = DataLoader(PixelDataset(images, image_size, resize_mode), batch_size=batch_size, num_workers=num_workers)
+    out = []
+    for pixels, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+        feats = visual(normalize(pixels.to(device)))
+        out.append(F.normalize(feats.float(), dim=-1).cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def cached_features(backbone, images: ImageSet, *, device="cpu", batch_size: int = 64, progress: bool = True, use_cache: bool = True) -> torch.Tensor:
+    """``encode_images`` with the backbone's image encoder, memoised on disk by weights + images."""
+    key = _cache_key(backbone.weights_id, backbone.image_size, backbone.resize_mode, backbone.mean, backbone.std, images)
+    path = cache_dir() / "features" / f"{key}.pt"
+    if use_cache and path.is_file():
+        try:
+            feats = torch.load(path, weights_only=True)
+            if feats.shape[0] == len(images):
+                return feats
+        except (OSError, RuntimeError) as exc:  # a damaged cache file is recomputed, not fatal
+            logger.warning("ignoring unreadable feature cache %s: %s", path, exc)
+    feats = encode_images(
+        backbone.model.visual,
+        images,
+        image_size=backbone.image_size,
+        mean=backbone.mean,
+        std=backbone.std,
+        resize_mode=backbone.resize_mode,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(feats, tmp)
+        tmp.replace(path)
+    return feats
+
+
+def labels_tensor(images: ImageSet) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(images.labels, dtype=np.int64))

@@ -1,0 +1,72 @@
+"""What every adaptation method receives and returns.
+
+A method takes an ``AdaptContext`` (backbone, few-shot train/val split, class descriptions,
+device, seed, reporting hooks) and a typed config, and returns a ``FitResult`` whose
+``classifier`` follows the one contract in ``adapt.classifier``. Hyper-parameters and early
+stopping may only look at ``split.val``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable
+
+import numpy as np
+import torch
+
+from adapt.backbone import Backbone
+from adapt.classifier import ClassifierInfo
+from adapt.data.fewshot import FewShotSplit
+
+
+class Method(str, Enum):
+    ZEROSHOT = "zeroshot"
+    LINEAR = "linear"
+    COOP = "coop"
+    LORA = "lora"
+    TIP_ADAPTER = "tip-adapter"
+
+
+@dataclass
+class AdaptContext:
+    backbone: Backbone
+    split: FewShotSplit
+    descriptions: dict[str, str] = field(default_factory=dict)  # class -> words for prompts
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = True
+    use_feature_cache: bool = True
+    lightning_loggers: list = field(default_factory=list)  # extra Lightning loggers (tracking seam)
+    on_metrics: Callable[[dict[str, float], int], None] | None = None  # curves from non-Lightning loops
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.split.train.classes
+
+    def report(self, metrics: dict[str, float], step: int) -> None:
+        if self.on_metrics is not None:
+            self.on_metrics(metrics, step)
+
+    def info(self, method: Method, extra: dict | None = None) -> ClassifierInfo:
+        b = self.backbone
+        return ClassifierInfo(
+            labels=list(self.classes),
+            image_size=b.image_size,
+            mean=list(b.mean),
+            std=list(b.std),
+            resize_mode=b.resize_mode,
+            method=method.value,
+            backbone=b.describe(),
+            arch=b.arch,
+            model_cfg=b.model_cfg,
+            extra=dict(extra or {}),
+        )
+
+
+@dataclass
+class FitResult:
+    classifier: torch.nn.Module  # adapt.classifier.ImageClassifier
+    params: dict  # the hyper-parameters used (chosen ones included)
+    val_probabilities: np.ndarray | None = None  # on split.val, for the reject threshold
+    history: list[dict] = field(default_factory=list)  # per-epoch curves, if any

@@ -1,0 +1,40 @@
+"""Shared pieces of the methods that work on frozen image features."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score, log_loss
+
+from adapt.features import cached_features, labels_tensor
+from adapt.methods.base import AdaptContext
+from adapt.methods.prompts import text_class_embeddings
+
+
+def frozen_features(ctx: AdaptContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train features, train labels, val features, val labels), L2-normalised, cached on disk."""
+    kw = dict(device=ctx.device, progress=ctx.progress, use_cache=ctx.use_feature_cache)
+    train = cached_features(ctx.backbone, ctx.split.train, **kw)
+    val = cached_features(ctx.backbone, ctx.split.val, **kw) if len(ctx.split.val) else torch.empty(0, train.shape[1])
+    return train, labels_tensor(ctx.split.train), val, labels_tensor(ctx.split.val)
+
+
+def class_embeddings(ctx: AdaptContext) -> torch.Tensor:
+    b = ctx.backbone
+    return text_class_embeddings(b.model, b.tokenizer, ctx.classes, ctx.descriptions, device=ctx.device)
+
+
+def logit_scale(ctx: AdaptContext) -> float:
+    return float(ctx.backbone.model.logit_scale.detach().exp().clamp(max=100.0))
+
+
+def selection_score(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """How hyper-parameters are chosen on the validation split: balanced accuracy, then lower log-loss.
+
+    Returned as a tuple that sorts higher-is-better.
+    """
+    if len(labels) == 0:
+        return (0.0, 0.0)
+    bal = balanced_accuracy_score(labels, probs.argmax(axis=1))
+    loss = log_loss(labels, np.clip(probs, 1e-7, 1.0), labels=np.arange(probs.shape[1]))
+    return (float(bal), -float(loss))

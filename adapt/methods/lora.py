@@ -1,0 +1,159 @@
+"""LoRA (Hu et al. 2021; CLIP-LoRA, Zanella & Ben Ayed 2024) on the vision and/or text tower.
+
+peft injects low-rank adapters into the transformer blocks' attention (``attn``, the
+``nn.MultiheadAttention``) and MLP (``mlp.c_fc``, ``mlp.c_proj``); only the adapters train.
+Logits are the cosine similarity between image features and the prompt-ensemble class
+embeddings (recomputed each step when the text tower is adapted). Images are augmented
+(random resized crop, flips). The best validation epoch is kept, the adapters are merged
+into the weights, and the classifier is exported like any other.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from adapt.classifier import CosineHead, ImageClassifier, PixelNormalizer
+from adapt.errors import AdaptError
+from adapt.features import labels_tensor, load_pixels
+from adapt.methods.base import AdaptContext, FitResult, Method
+from adapt.methods.frozen import logit_scale
+from adapt.methods.prompts import DEFAULT_TEMPLATES, class_text
+from adapt.training.supervised import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+TOWER_PREFIXES = {"vision": (r"visual\.transformer",), "text": (r"transformer", r"text\.transformer")}
+BLOCK_MODULES = {"attn": "attn", "c_fc": r"mlp\.c_fc", "c_proj": r"mlp\.c_proj"}
+
+
+@dataclass
+class LoraConfig:
+    towers: list[str] = field(default_factory=lambda: ["vision", "text"])  # which encoders get adapters
+    modules: list[str] = field(default_factory=lambda: ["attn", "c_fc", "c_proj"])  # which block parts
+    rank: int = 4  # LoRA rank r
+    alpha: float = 8.0  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.1  # dropout on the LoRA branch input
+    epochs: int = 60
+    lr: float = 1e-3
+    batch_size: int = 16
+    patience: int = 15
+    augment: bool = True  # random resized crop + flips on the training images
+
+    def __post_init__(self) -> None:
+        if not set(self.towers) <= set(TOWER_PREFIXES) or not self.towers:
+            raise ValueError(f"towers must be a non-empty subset of {sorted(TOWER_PREFIXES)}")
+        if not set(self.modules) <= set(BLOCK_MODULES) or not self.modules:
+            raise ValueError(f"modules must be a non-empty subset of {sorted(BLOCK_MODULES)}")
+        if self.rank < 1:
+            raise ValueError("rank must be >= 1")
+
+    def target_regex(self) -> str:
+        prefixes = "|".join(p for t in self.towers for p in TOWER_PREFIXES[t])
+        parts = "|".join(BLOCK_MODULES[m] for m in self.modules)
+        return rf"^({prefixes})\.resblocks\.\d+\.({parts})$"
+
+
+class AugmentedPixels(Dataset):
+    """Few-shot training images as uint8 ``[H, W, 3]`` tensors, randomly cropped and flipped."""
+
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, augment: bool) -> None:
+        from torchvision.transforms import v2
+
+        size = pixels.shape[1]
+        self.pixels, self.labels = pixels.permute(0, 3, 1, 2).contiguous(), labels
+        self.transform = (
+            v2.Compose(
+                [
+                    v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
+                    v2.RandomHorizontalFlip(),
+                    v2.RandomVerticalFlip(),
+                ]
+            )
+            if augment
+            else None
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        img = self.pixels[i]
+        if self.transform is not None:
+            img = self.transform(img)
+        return img.permute(1, 2, 0), self.labels[i]
+
+
+class LoraNet(nn.Module):
+    """pixels -> cosine logits through a LoRA-adapted CLIP (``model`` already holds the adapters)."""
+
+    def __init__(self, model, tokenizer, classes, descriptions, mean, std, scale: float, adapt_text: bool) -> None:
+        super().__init__()
+        self.model, self.adapt_text, self.scale = model, adapt_text, scale
+        self.normalize = PixelNormalizer(mean, std)
+        prompts = [[t.format(class_text(c, descriptions)) for t in DEFAULT_TEMPLATES] for c in classes]
+        self.register_buffer("tokens", torch.stack([tokenizer(p) for p in prompts]), persistent=False)
+        with torch.no_grad():
+            self.register_buffer("fixed_text", self.class_embeddings(), persistent=False)
+
+    def class_embeddings(self) -> torch.Tensor:
+        c, t, length = self.tokens.shape
+        emb = F.normalize(self.model.encode_text(self.tokens.view(c * t, length)).float(), dim=-1)
+        return F.normalize(emb.view(c, t, -1).mean(dim=1), dim=-1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        feats = F.normalize(self.model.encode_image(self.normalize(pixels)).float(), dim=-1)
+        text = self.class_embeddings() if self.adapt_text else self.fixed_text
+        return self.scale * feats @ text.T
+
+
+def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    from adapt.training.supervised import train_classifier
+
+    cfg = cfg or LoraConfig()
+    b = ctx.backbone
+    model = copy.deepcopy(b.model).float()
+    peft_cfg = PeftLoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_regex(), bias="none"
+    )
+    try:
+        peft_model = get_peft_model(model, peft_cfg)
+    except ValueError as exc:
+        raise AdaptError(f"LoRA found no {cfg.modules} modules in the {cfg.towers} tower(s) of {b.arch}: {exc}") from exc
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    logger.info("LoRA: %d trainable parameters (rank %d, towers %s)", trainable, cfg.rank, ",".join(cfg.towers))
+    net = LoraNet(
+        peft_model.base_model.model, b.tokenizer, ctx.classes, ctx.descriptions, b.mean, b.std, logit_scale(ctx), "text" in cfg.towers
+    )
+    train_px = load_pixels(ctx.split.train, b.image_size, b.resize_mode, ctx.progress)
+    val_px = load_pixels(ctx.split.val, b.image_size, b.resize_mode, ctx.progress)
+    y_train, y_val = labels_tensor(ctx.split.train), labels_tensor(ctx.split.val)
+    result = train_classifier(
+        net,
+        AugmentedPixels(train_px, y_train, cfg.augment),
+        (val_px, y_val),
+        TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience),
+        loggers=ctx.lightning_loggers,
+        progress=ctx.progress,
+        seed=ctx.seed,
+    )
+    net.eval()
+    with torch.no_grad():
+        class_weights = net.class_embeddings()
+        val_probs = torch.softmax(net(val_px), dim=-1).numpy() if len(y_val) else None
+    merged = peft_model.merge_and_unload()
+    params = {**cfg.__dict__, "trainable_parameters": trainable, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+    head = CosineHead(class_weights, net.scale)
+    clf = ImageClassifier(merged.visual, head, ctx.info(Method.LORA, params)).eval()
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    return FitResult(clf, params=params, val_probabilities=val_probs, history=result.history)

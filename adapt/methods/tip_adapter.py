@@ -1,0 +1,85 @@
+"""Tip-Adapter (Zhang et al. 2022): a training-free key-value cache of the few-shot features.
+
+``logits = s * f @ W_text.T + alpha * exp(-beta * (1 - f @ keys.T)) @ one_hot(labels)``.
+``alpha`` and ``beta`` are searched on the few-shot validation split. With ``finetune`` (the
+"-F" variant) the keys are then trained for a few epochs on the cached train features, the
+best epoch is chosen on validation, and alpha/beta are searched again.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from adapt.classifier import ImageClassifier, TipAdapterHead
+from adapt.methods.base import AdaptContext, FitResult, Method
+from adapt.methods.frozen import class_embeddings, frozen_features, logit_scale, selection_score
+
+
+@dataclass
+class TipAdapterConfig:
+    alpha_grid: list[float] = field(default_factory=lambda: [0.0, *np.logspace(-1.5, 2, 15).tolist()])  # cache weight candidates
+    beta_grid: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.5, 5.5, 7.5, 10.0])  # sharpness candidates
+    finetune: bool = False  # Tip-Adapter-F: train the cache keys
+    epochs: int = 20  # Tip-Adapter-F epochs
+    lr: float = 1e-3  # Tip-Adapter-F learning rate
+
+    def __post_init__(self) -> None:
+        if not self.alpha_grid or not self.beta_grid:
+            raise ValueError("alpha_grid and beta_grid must not be empty")
+
+
+def _search(head: TipAdapterHead, cfg: TipAdapterConfig, val, y_val, ctx: AdaptContext) -> tuple[float, float]:
+    best, step = None, 0
+    y = y_val.numpy()
+    for alpha, beta in itertools.product(cfg.alpha_grid, cfg.beta_grid):
+        head.alpha, head.beta = float(alpha), float(beta)
+        with torch.no_grad():
+            probs = torch.softmax(head(val), dim=-1).numpy()
+        score = selection_score(probs, y)
+        if best is None or score > best[0]:
+            best = (score, alpha, beta)
+        step += 1
+    ctx.report({"val_balanced_accuracy": best[0][0], "alpha": best[1], "beta": best[2]}, 0)
+    return float(best[1]), float(best[2])
+
+
+def fit_tip_adapter(ctx: AdaptContext, cfg: TipAdapterConfig | None = None) -> FitResult:
+    cfg = cfg or TipAdapterConfig()
+    train, y_train, val, y_val = frozen_features(ctx)
+    values = F.one_hot(y_train, num_classes=len(ctx.classes)).float()
+    head = TipAdapterHead(class_embeddings(ctx), train, values, 1.0, 1.0, logit_scale(ctx))
+    has_val = len(y_val) > 0
+    alpha, beta = _search(head, cfg, val, y_val, ctx) if has_val else (1.0, 1.0)
+    head.alpha, head.beta = alpha, beta
+    params = {"alpha": alpha, "beta": beta, "finetune": cfg.finetune}
+    history = []
+    if cfg.finetune:
+        from adapt.training.supervised import TrainConfig, train_classifier
+
+        result = train_classifier(
+            head,
+            (train, y_train),
+            (val, y_val),
+            TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=256, patience=cfg.epochs),
+            loggers=ctx.lightning_loggers,
+            progress=ctx.progress,
+            seed=ctx.seed,
+        )
+        with torch.no_grad():
+            head.keys.copy_(F.normalize(head.keys, dim=-1))
+        if has_val:
+            head.alpha, head.beta = _search(head, cfg, val, y_val, ctx)
+        params.update(alpha=head.alpha, beta=head.beta, best_epoch=result.best_epoch, epochs=cfg.epochs, lr=cfg.lr)
+        history = result.history
+    head.keys.requires_grad_(False)
+    with torch.no_grad():
+        val_probs = torch.softmax(head(val), dim=-1).numpy() if has_val else None
+    info = ctx.info(Method.TIP_ADAPTER, params)
+    clf = ImageClassifier(copy.deepcopy(ctx.backbone.model.visual), head, info).eval()
+    return FitResult(clf, params=params, val_probabilities=val_probs, history=history)

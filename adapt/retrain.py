@@ -1,0 +1,179 @@
+"""``adapt retrain``: few-shot adaptation from data to an exported, evaluated classifier.
+
+One function, ``run_retrain``, does: load data -> few-shot split (train pool only) -> backbone
+-> method -> reject threshold on the few-shot val split -> save + export ONNX (parity checked)
+-> evaluate the exported model on the held-out test split -> write the results to
+``output_dir``. Tracking (MLflow) hooks in through ``RunHooks``; the pipeline itself knows
+nothing about it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from adapt import __version__
+from adapt.backbone import DEFAULT_ARCH, create_backbone
+from adapt.data import few_shot_split, load_dataset
+from adapt.evaluation import choose_reject_threshold, compute_metrics, save_confusion_matrix, save_metrics
+from adapt.methods import AdaptContext, Method, fit, make_config
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE, TORCH_FILE, METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE = (
+    "model.onnx",
+    "classifier.pt",
+    "metrics.json",
+    "confusion_matrix.png",
+    "labels.json",
+    "run.json",
+)
+
+
+@dataclass
+class RetrainConfig:
+    data: str  # folder, CSV, elpv[...], synthetic[...]
+    method: Method = Method.LINEAR
+    shots: int = 16  # labelled training images per class
+    seed: int = 1  # few-shot draw, initialisation, training order
+    val_shots: int | None = None  # validation images per class (default: same as shots, at least 2)
+    backbone: str = DEFAULT_ARCH  # open_clip architecture
+    pretrained: str = "default"  # none | default | open_clip tag | checkpoint file or folder
+    output_dir: Path | None = None
+    hparams: dict[str, str] = field(default_factory=dict)  # method hyper-parameters KEY=VALUE
+    descriptions: dict[str, str] = field(default_factory=dict)  # class -> prompt words (zero-shot style heads)
+    device: str = "cpu"
+    review_target_accuracy: float = 0.95  # reject threshold: accepted val predictions reach this accuracy
+    reject_threshold: float | None = None  # fixed threshold instead of the chosen one
+    test_fraction: float = 0.25
+    strict_images: bool = False  # fail on unreadable images instead of skipping them
+    model_name: str = ""  # recorded in the exported metadata
+    progress: bool = True
+    use_feature_cache: bool = True
+
+    def __post_init__(self) -> None:
+        self.method = Method(self.method)
+        if self.shots < 1:
+            raise ValueError("shots must be >= 1")
+        if self.output_dir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            safe = str(self.data).replace("/", "_").replace(":", "-").strip("._") or "data"
+            self.output_dir = Path("runs") / "retrain" / f"{safe}-{self.method.value}-{self.shots}shot-seed{self.seed}-{stamp}"
+        self.output_dir = Path(self.output_dir)
+
+
+class RunHooks:
+    """Where a tracker plugs in; every method is a no-op here."""
+
+    def started(self, params: dict) -> None: ...
+
+    def lightning_loggers(self) -> list:
+        return []
+
+    def metrics(self, values: dict[str, float], step: int) -> None: ...
+
+    def finished(self, result: "RetrainResult") -> None: ...
+
+
+@dataclass
+class RetrainResult:
+    output_dir: Path
+    metrics: dict
+    params: dict
+    model_path: Path
+    classifier_path: Path
+    dataset_fingerprint: str
+    timings: dict
+
+
+def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainResult:
+    hooks = hooks or RunHooks()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    method_cfg = make_config(cfg.method, cfg.hparams)  # bad hyper-parameters fail before any work
+    data = load_dataset(cfg.data, test_fraction=cfg.test_fraction, strict=cfg.strict_images)
+    split = few_shot_split(data.train, cfg.shots, cfg.seed, cfg.val_shots)
+    logger.info(
+        "%s: %d classes, %d train + %d val few-shot images, %d held-out test images",
+        data.name, len(data.classes), len(split.train), len(split.val), len(data.test),
+    )
+    torch.manual_seed(cfg.seed)
+    backbone = create_backbone(cfg.backbone, cfg.pretrained, device=cfg.device)
+    timings["load_s"] = time.perf_counter() - t0
+    descriptions = {**data.descriptions, **cfg.descriptions}
+    params = {
+        "method": cfg.method.value,
+        "shots": cfg.shots,
+        "val_shots": len(split.val) // max(1, len(data.classes)),
+        "seed": cfg.seed,
+        "dataset": data.name,
+        "dataset_fingerprint": data.fingerprint(),
+        "backbone": cfg.backbone,
+        "pretrained": cfg.pretrained,
+        "backbone_weights": backbone.weights_id,
+        "classes": list(data.classes),
+        "adapt_version": __version__,
+        **{f"hp.{k}": v for k, v in asdict(method_cfg).items()},
+    }
+    hooks.started(params)
+
+    t1 = time.perf_counter()
+    ctx = AdaptContext(
+        backbone=backbone,
+        split=split,
+        descriptions=descriptions,
+        device=cfg.device,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        use_feature_cache=cfg.use_feature_cache,
+        lightning_loggers=hooks.lightning_loggers(),
+        on_metrics=hooks.metrics,
+    )
+    fitted = fit(cfg.method, ctx, method_cfg)
+    timings["adapt_s"] = time.perf_counter() - t1
+    params.update({f"chosen.{k}": v for k, v in fitted.params.items() if not isinstance(v, (list, dict))})
+
+    classifier = fitted.classifier
+    val_labels = split.val.labels
+    threshold = cfg.reject_threshold
+    if threshold is None:
+        threshold = choose_reject_threshold(fitted.val_probabilities, val_labels, cfg.review_target_accuracy)
+    classifier.info.reject_threshold = float(threshold)
+    params["reject_threshold"] = float(threshold)
+
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    from adapt.classifier import save_classifier
+    from adapt.export import export_onnx
+    from adapt.predict import predict_onnx
+
+    t2 = time.perf_counter()
+    save_classifier(classifier, out / TORCH_FILE)
+    model_path = export_onnx(classifier, out / MODEL_FILE, model_name=cfg.model_name or data.name)
+    timings["export_s"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    meta = classifier.info.metadata()
+    probs = predict_onnx(model_path, data.test, meta, progress=cfg.progress)
+    metrics = compute_metrics(probs, data.test.labels, data.classes, reject_threshold=threshold)
+    timings["evaluate_s"] = time.perf_counter() - t3
+    timings["total_s"] = time.perf_counter() - t0
+    metrics.update(
+        {"dataset": data.name, "dataset_fingerprint": data.fingerprint(), "method": cfg.method.value, "shots": cfg.shots, "seed": cfg.seed}
+    )
+    save_metrics(metrics, out / METRICS_FILE)
+    save_confusion_matrix(
+        metrics["confusion_matrix"], data.classes, out / CM_FILE,
+        title=f"{data.name} · {cfg.method.value} · {cfg.shots}-shot · bal. acc {metrics['balanced_accuracy']:.1%}",
+    )
+    (out / LABELS_FILE).write_text(json.dumps(list(data.classes)))
+    run_record = {"params": params, "timings": timings, "history": fitted.history}
+    (out / RUN_FILE).write_text(json.dumps(run_record, indent=2, default=str))
+    result = RetrainResult(out, metrics, params, model_path, out / TORCH_FILE, data.fingerprint(), timings)
+    hooks.finished(result)
+    return result

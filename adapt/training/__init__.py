@@ -1,0 +1,5 @@
+"""Lightning glue: training loops for the adaptation methods and for contrastive pretraining.
+
+The models themselves are plain torch modules defined elsewhere in ``adapt``; this package
+only owns loops, optimisers, schedules, devices and loggers.
+"""

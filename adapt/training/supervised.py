@@ -1,0 +1,175 @@
+"""One Lightning loop for every method that trains: ``net(inputs) -> logits`` with cross-entropy.
+
+``inputs`` are cached features (CoOp, Tip-Adapter-F) or pixels (LoRA). Each epoch ends with a
+pass over the few-shot validation split; the weights of the best epoch (balanced accuracy, then
+lower loss) are restored at the end, and training stops early after ``patience`` epochs without
+improvement. The test split never enters here.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50  # maximum epochs
+    lr: float = 2e-3  # peak learning rate (AdamW, linear warmup then cosine decay)
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    warmup_epochs: int = 1
+    patience: int = 10  # stop after this many epochs without a better validation score
+    grad_clip: float = 1.0  # max gradient norm, 0 = off
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be positive")
+
+
+class ClassifierModule(L.LightningModule):
+    def __init__(self, net: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> None:
+        super().__init__()
+        self.net, self.cfg, self.steps_per_epoch = net, cfg, steps_per_epoch
+        self._val_logits: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    def training_step(self, batch, _):
+        inputs, labels = batch
+        loss = F.cross_entropy(self.net(inputs), labels, label_smoothing=self.cfg.label_smoothing)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch, _):
+        inputs, labels = batch
+        self._val_logits.append(self.net(inputs).float())
+        self._val_labels.append(labels)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_labels:
+            return
+        logits, labels = torch.cat(self._val_logits), torch.cat(self._val_labels)
+        self._val_logits.clear()
+        self._val_labels.clear()
+        pred = logits.argmax(dim=1)
+        recalls = [(pred[labels == c] == c).float().mean() for c in labels.unique()]
+        self.log("val_loss", F.cross_entropy(logits, labels))
+        self.log("val_accuracy", (pred == labels).float().mean())
+        self.log("val_balanced_accuracy", torch.stack(recalls).mean())
+
+    def configure_optimizers(self):
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        total = max(1, self.cfg.epochs * self.steps_per_epoch)
+        warmup = min(total - 1, self.cfg.warmup_epochs * self.steps_per_epoch)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class BestOnValidation(L.Callback):
+    """Keeps the trainable weights of the best validation epoch in memory; stops after ``patience``."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_score: tuple[float, float] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch = -1
+        self.history: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, module: ClassifierModule) -> None:
+        if trainer.sanity_checking:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        self.history.append({"epoch": trainer.current_epoch, **m})
+        score = (m.get("val_balanced_accuracy", 0.0), -m.get("val_loss", 0.0))
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_epoch = score, trainer.current_epoch
+            self.best_state = {
+                n: p.detach().clone() for n, p in module.net.named_parameters() if p.requires_grad
+            }
+        elif trainer.current_epoch - self.best_epoch >= self.patience:
+            trainer.should_stop = True
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_balanced_accuracy: float
+    epochs_run: int
+    history: list[dict[str, float]]
+
+
+def train_classifier(
+    net: nn.Module,
+    train_data: Dataset | tuple[torch.Tensor, torch.Tensor],
+    val_data: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    *,
+    accelerator: str = "cpu",
+    loggers: list | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> TrainResult:
+    """Train ``net`` in place and leave it holding its best-validation-epoch weights."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    train_ds = TensorDataset(*train_data) if isinstance(train_data, tuple) else train_data
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=False)
+    has_val = len(val_data[1]) > 0
+    val_loader = DataLoader(TensorDataset(*val_data), batch_size=256) if has_val else None
+    module = ClassifierModule(net, cfg, steps_per_epoch=len(train_loader))
+    best = BestOnValidation(cfg.patience)
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=accelerator,
+        devices=1,
+        logger=loggers or False,
+        callbacks=[best],
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        gradient_clip_val=cfg.grad_clip or None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        deterministic="warn",
+    )
+    trainer.fit(module, train_loader, val_loader)
+    if best.best_state is not None:
+        with torch.no_grad():
+            params = dict(net.named_parameters())
+            for name, value in best.best_state.items():
+                params[name].copy_(value)
+    else:
+        logger.warning("no validation split: keeping the weights of the last epoch")
+    return TrainResult(
+        best_epoch=best.best_epoch,
+        best_val_balanced_accuracy=best.best_score[0] if best.best_score else float("nan"),
+        epochs_run=trainer.current_epoch,
+        history=best.history,
+    )
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    out = copy.deepcopy(module)
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out

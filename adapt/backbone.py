@@ -213,7 +213,9 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def save_checkpoint(model: torch.nn.Module, arch: str, out_dir: str | Path, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    model: torch.nn.Module, arch: str, out_dir: str | Path, extra: dict | None = None, model_cfg: dict | None = None
+) -> Path:
     """Write an open_clip-loadable checkpoint to ``out_dir`` and return the weights path.
 
     Written beside the weights: ``<arch>.json`` (for ``open_clip.add_model_config``) and
@@ -223,7 +225,7 @@ def save_checkpoint(model: torch.nn.Module, arch: str, out_dir: str | Path, extr
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_cfg = open_clip.get_model_config(arch)
+    model_cfg = model_cfg or open_clip.get_model_config(arch)
     if model_cfg is None:
         raise BackboneError(f"no open_clip config known for {arch}")
     pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})

@@ -95,17 +95,20 @@ def _coords(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=256)
-def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """Smooth (Gaussian-kernel) up-sampling matrix from n_in lattice values to n_out pixels,
-    scaled so that interpolated unit-variance white noise has unit variance again."""
+def _interp_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth (Gaussian-kernel) up-sampling from n_in lattice values to n_out pixels as 4 taps:
+    indices and weights, each (4, n_out), scaled so that interpolated unit-variance white noise
+    has unit variance again. Gathers instead of a matrix product: no BLAS threads to fight over."""
     pos = (np.arange(n_out) + 0.5) / n_out * n_in - 0.5
-    d = pos[:, None] - np.arange(n_in)[None, :]
-    w = np.exp(-0.5 * (d / 0.6) ** 2)
-    w /= w.sum(axis=1, keepdims=True)
-    w *= 1.0 / math.sqrt(float(np.mean(np.sum(w**2, axis=1))))
+    idx = np.floor(pos).astype(np.int64)[None, :] + np.arange(-1, 3)[:, None]
+    w = np.exp(-0.5 * ((pos[None, :] - idx) / 0.6) ** 2)
+    w /= w.sum(axis=0, keepdims=True)
+    w *= 1.0 / math.sqrt(float(np.mean(np.sum(w**2, axis=0))))
+    idx = np.clip(idx, 0, n_in - 1)
     w = w.astype(np.float32)
-    w.setflags(write=False)
-    return w
+    for a in (idx, w):
+        a.setflags(write=False)
+    return idx, w
 
 
 def _noise(rng: np.random.Generator, size: int, ky: int, kx: int | None = None) -> np.ndarray:
@@ -113,7 +116,10 @@ def _noise(rng: np.random.Generator, size: int, ky: int, kx: int | None = None) 
     ky = max(2, min(int(ky), size))
     kx = ky if kx is None else max(2, min(int(kx), size))
     lattice = rng.standard_normal((ky, kx), dtype=np.float32)
-    return _interp_matrix(size, ky) @ lattice @ _interp_matrix(size, kx).T
+    iy, wy = _interp_taps(size, ky)
+    ix, wx = _interp_taps(size, kx)
+    rows = sum(wy[t][:, None] * lattice[iy[t]] for t in range(4))
+    return sum(rows[:, ix[t]] * wx[t][None, :] for t in range(4))
 
 
 def _fractal(rng: np.random.Generator, size: int, base: int, octaves: int, gain: float = 0.5) -> np.ndarray:
@@ -233,7 +239,6 @@ _METALS = {
     "titanium": (0.74, 0.73, 0.76), "brass": (0.86, 0.74, 0.46), "copper": (0.84, 0.58, 0.44),
 }
 _METAL_P = (0.3, 0.25, 0.15, 0.12, 0.1, 0.08)
-_DARK_BACKGROUND = (0.09, 0.09, 0.1)
 
 
 def _dark_under(rng: np.random.Generator) -> tuple[float, float, float]:
@@ -290,7 +295,9 @@ def _textile(rng: np.random.Generator, size: int) -> _Surface:
     warp = np.sin(np.pi * fu) ** 0.7 * gains[0][iu % 64]
     weft = np.sin(np.pi * fw) ** 0.7 * gains[1][iw % 64]
     c1 = np.asarray(_FABRICS[rng.choice(len(_FABRICS))], np.float32)
-    c2 = c1 * rng.uniform(0.8, 1.1) if rng.random() < 0.7 else np.asarray(_FABRICS[rng.choice(len(_FABRICS))], np.float32)
+    c2 = np.asarray(_FABRICS[rng.choice(len(_FABRICS))], np.float32)
+    if rng.random() < 0.7:  # weft dyed like the warp
+        c2 = c1 * rng.uniform(0.8, 1.1)
     fibre = 1 + 0.05 * _noise(rng, size, size // 2)
     rgb = np.where(warp_over[:, :, None], warp[:, :, None] * c1, weft[:, :, None] * c2) * fibre[:, :, None]
     rgb = rgb * 0.85 + 0.1 * c1
@@ -302,14 +309,17 @@ _WOODS = (((0.88, 0.72, 0.52), (0.62, 0.42, 0.26)), ((0.72, 0.5, 0.32), (0.45, 0
 
 
 def _wood(rng: np.random.Generator, size: int) -> _Surface:
+    """Flat-sawn board: growth rings as bands (gradual earlywood, sharp latewood), bowed into
+    arches, wandering slowly, with fibre streaks along the grain."""
     x, y = _coords(size)
-    warp = _fractal(rng, size, 3, 2)
-    freq = rng.uniform(4, 14)
-    phase = (y + rng.uniform(0.03, 0.1) * warp + rng.uniform(-0.15, 0.15) * x) * freq
-    rings = (0.5 + 0.5 * np.sin(2 * np.pi * phase)) ** rng.uniform(2, 5)
-    fibre = _noise(rng, size, size, 5)
+    wander = rng.uniform(0.02, 0.06) * _noise(rng, size, 3, 2) + rng.uniform(0.0, 0.006) * _noise(rng, size, 2, 8)
+    arch = rng.uniform(-0.8, 0.8) * (x - rng.uniform(0.2, 0.8)) ** 2
+    phase = (y + wander + arch + rng.uniform(-0.1, 0.1) * x) * rng.uniform(5, 16)
+    f = phase - np.floor(phase)
+    late = _smoothstep(0.45, 0.9, f) * (1 - _smoothstep(0.92, 1.0, f))
+    fibre = _noise(rng, size, size, 6)
     light, dark = (np.asarray(c, np.float32) for c in _WOODS[rng.choice(len(_WOODS))])
-    mix = np.clip(rings * rng.uniform(0.5, 0.9) + 0.04 * fibre, 0, 1)
+    mix = np.clip(late * rng.uniform(0.45, 0.8) + 0.05 * fibre, 0, 1)
     rgb = light + mix[:, :, None] * (dark - light)
     rgb *= (1 + 0.04 * _noise(rng, size, size // 4))[:, :, None]
     if rng.random() < 0.5:
@@ -344,14 +354,7 @@ def _ceramic_tile(rng: np.random.Generator, size: int) -> _Surface:
     grout_rgb = _paint(g * (1 + 0.08 * _noise(rng, size, size // 2)), (1.0, 0.98, 0.94))
     rgb = grout_rgb + on_tile[:, :, None] * (tile - grout_rgb)
     cement = _paint(rng.uniform(0.35, 0.5) * (1 + 0.12 * _fractal(rng, size, 8, 2)), (1.0, 0.97, 0.92))
-    half = grout / 2 / n
-    parts = []
-    for j in range(-1, n + 1):
-        for i in range(-1, n + 1):
-            box = (ox + i / n + half, oy + j / n + half, ox + (i + 1) / n - half, oy + (j + 1) / n - half)
-            if box[0] >= 0 and box[1] >= 0 and box[2] <= 1 and box[3] <= 1:
-                parts.append(box)
-    return _Surface(rgb, cement, parts=parts)
+    return _Surface(rgb, cement, parts=_grid_boxes(n, ox, oy, grout))
 
 
 _SOLDER_MASKS = ((0.08, 0.36, 0.16), (0.08, 0.2, 0.45), (0.07, 0.07, 0.08), (0.45, 0.08, 0.08), (0.28, 0.14, 0.38))
@@ -412,43 +415,60 @@ def _pcb(rng: np.random.Generator, size: int) -> _Surface:
     return _Surface(rgb, under, parts=parts, part_mask=pad_m)
 
 
-def _wafer(rng: np.random.Generator, size: int) -> _Surface:
-    x, y = _coords(size)
-    n = int(rng.integers(3, 8))
-    street = rng.uniform(0.06, 0.12)
-    ox, oy = rng.uniform(0, 1 / n, 2)
-    tx, ty = (x - ox) * n, (y - oy) * n
-    ix, iy = np.floor(tx), np.floor(ty)
-    fx, fy = tx - ix, ty - iy
-    # One die layout, drawn once and looked up per pixel.
-    t = 48
-    tpl = Image.new("L", (t, t), 110)
+_WAFER_FILMS = ((0.5, 0.52, 0.62), (0.52, 0.42, 0.62), (0.7, 0.56, 0.42), (0.42, 0.56, 0.52), (0.6, 0.6, 0.62))
+
+
+def _die_layout(rng: np.random.Generator, t: int = 48) -> np.ndarray:
+    """One die's layout (t x t values in [0, 1]): functional blocks, a memory array, bond pads."""
+    tpl = Image.new("L", (t, t), int(rng.integers(90, 140)))
     d = ImageDraw.Draw(tpl)
-    for _ in range(int(rng.integers(2, 6))):
-        bx, by = sorted(rng.integers(4, t - 4, 2)), sorted(rng.integers(4, t - 4, 2))
-        d.rectangle((bx[0], by[0], bx[1], by[1]), fill=int(rng.integers(40, 200)))
-    for k in range(5, t - 5, int(rng.integers(5, 9))):
-        d.rectangle((k, 1, k + 2, 3), fill=235)
-        d.rectangle((k, t - 4, k + 2, t - 2), fill=235)
-    lut = np.asarray(tpl, np.float32) / 255.0
-    core = np.clip((np.stack(np.broadcast_arrays(fx, fy)) - street / 2) / (1 - street), 0, 0.999)
-    die = lut[(core[1] * t).astype(np.int64), (core[0] * t).astype(np.int64)]
-    on_die = _smoothstep(street / 2, street / 2 + n / size, np.minimum(np.minimum(fx, 1 - fx), np.minimum(fy, 1 - fy)))
-    film = np.stack([_noise(rng, size, 2) for _ in range(3)], axis=2) * rng.uniform(0.03, 0.1)
-    base = np.asarray((0.5, 0.52, 0.62), np.float32) * rng.uniform(0.8, 1.2) + film
-    rgb = base * (0.75 + 0.5 * (on_die * (die - 0.43)))[:, :, None] + (1 - on_die)[:, :, None] * 0.12
-    tape = (0.12, 0.14, 0.2)
-    half = street / 2 / n
-    parts = []
+    for k in range(int(rng.integers(2, 6))):
+        bx, by = sorted(rng.integers(5, t - 5, 2)), sorted(rng.integers(5, t - 5, 2))
+        d.rectangle((bx[0], by[0], bx[1], by[1]), fill=int(rng.integers(30, 230)))
+        if k == 0:  # memory array: fine stripes
+            for yy in range(by[0], by[1], 2):
+                d.line((bx[0], yy, bx[1], yy), fill=int(rng.integers(20, 60)))
+    pitch = int(rng.integers(5, 9))
+    for k in range(5, t - 6, pitch):  # bond pads along the edges
+        for box in ((k, 1, k + 2, 3), (k, t - 4, k + 2, t - 2), (1, k, 3, k + 2), (t - 4, k, t - 2, k + 2)):
+            d.rectangle(box, fill=245)
+    return np.asarray(tpl, np.float32) / 255.0
+
+
+def _grid_boxes(n: int, ox: float, oy: float, gap: float) -> list[tuple[float, float, float, float]]:
+    """Unit boxes of the grid cells (period 1/n, offset ox/oy, gap as a cell fraction) inside the image."""
+    half = gap / 2 / n
+    boxes = []
     for j in range(-1, n + 1):
         for i in range(-1, n + 1):
             box = (ox + i / n + half, oy + j / n + half, ox + (i + 1) / n - half, oy + (j + 1) / n - half)
             if box[0] >= 0 and box[1] >= 0 and box[2] <= 1 and box[3] <= 1:
-                parts.append(box)
-    return _Surface(rgb.astype(np.float32), tape, parts=parts)
+                boxes.append(box)
+    return boxes
 
 
-def _cell_frame(rng: np.random.Generator, size: int, v: np.ndarray, chamfer: float) -> tuple[np.ndarray, tuple[float, ...]]:
+def _wafer(rng: np.random.Generator, size: int) -> _Surface:
+    x, y = _coords(size)
+    n = int(rng.integers(2, 7))
+    street = rng.uniform(0.05, 0.1)
+    ox, oy = rng.uniform(0, 1 / n, 2)
+    tx, ty = (x - ox) * n, (y - oy) * n
+    fx, fy = tx - np.floor(tx), ty - np.floor(ty)
+    t = 48
+    lut = _die_layout(rng, t)
+    cx = np.clip((fx - street / 2) / (1 - street), 0, 0.999)
+    cy = np.clip((fy - street / 2) / (1 - street), 0, 0.999)
+    die = lut[(cy * t).astype(np.int64), (cx * t).astype(np.int64)]
+    on_die = _smoothstep(street / 2, street / 2 + n / size, np.minimum(np.minimum(fx, 1 - fx), np.minimum(fy, 1 - fy)))
+    film = np.stack([_noise(rng, size, 2) for _ in range(3)], axis=2) * rng.uniform(0.02, 0.06)
+    base = np.asarray(_WAFER_FILMS[rng.choice(len(_WAFER_FILMS))], np.float32) * rng.uniform(0.85, 1.15) + film
+    shade = on_die * (0.45 + 0.9 * die) + (1 - on_die) * rng.uniform(1.15, 1.35)
+    rgb = base * shade[:, :, None]
+    return _Surface(rgb.astype(np.float32), (0.12, 0.14, 0.2), parts=_grid_boxes(n, ox, oy, street))
+
+
+def _cell_frame(rng: np.random.Generator, size: int, v: np.ndarray, chamfer: float
+                ) -> tuple[np.ndarray, tuple[float, ...]]:
     """Busbars, fingers, dark border and (mono) cut corners of an EL cell image, busbars horizontal."""
     x, y = _coords(size)
     px = 1.0 / size
@@ -483,14 +503,29 @@ def _solar_mono(rng: np.random.Generator, size: int) -> _Surface:
     return _el_surface(rng, v, bars)
 
 
+def _grain_map(rng: np.random.Generator, size: int, count: int) -> np.ndarray:
+    """Per-pixel brightness of Voronoi crystal grains (domain-warped), about 1 +- a few percent."""
+    g = min(size, 48)
+    c = (np.arange(g, dtype=np.float32) + 0.5) / g
+    seeds = rng.uniform(0, 1, (count, 2)).astype(np.float32)
+    wx, wy = 0.04 * _noise(rng, g, 4), 0.04 * _noise(rng, g, 4)
+    d2 = (c[None, :, None] + wx[:, :, None] - seeds[:, 0]) ** 2 + (c[:, None, None] + wy[:, :, None] - seeds[:, 1]) ** 2
+    label = np.argmin(d2, axis=2)
+    gains = 1 + rng.uniform(0.02, 0.07) * rng.standard_normal(count).astype(np.float32)
+    pick = (np.arange(size) * g) // size
+    return gains[label][pick][:, pick]
+
+
 def _solar_poly(rng: np.random.Generator, size: int) -> _Surface:
-    mottle = _fractal(rng, size, 3, 4, gain=0.6)
-    t = rng.uniform(0.0, 1.0)
-    dark = _smoothstep(t, t + 1.0, mottle) * rng.uniform(0.25, 0.55)
+    grains = _grain_map(rng, size, int(rng.integers(20, 60)))
+    # Dislocation clusters: fine dark mottling, denser in some regions than others.
+    mottle = 0.65 * _fractal(rng, size, 10, 3, gain=0.6) + 0.75 * _noise(rng, size, 3)
+    t = rng.uniform(0.5, 1.3)
+    dark = _smoothstep(t, t + 1.0, mottle) * rng.uniform(0.25, 0.5)
     ridge = 1 - np.abs(_fractal(rng, size, 4, 2))
-    grain = _smoothstep(0.9, 0.985, ridge) * rng.uniform(0.05, 0.18)
+    boundaries = _smoothstep(0.9, 0.985, ridge) * rng.uniform(0.05, 0.15)
     speck = _smoothstep(2.2, 3.0, _noise(rng, size, size // 2)) * 0.3
-    v = rng.uniform(0.5, 0.8) * (1 - dark - grain - speck) * (1 + 0.03 * _noise(rng, size, size // 3))
+    v = rng.uniform(0.5, 0.8) * grains * (1 - dark - boundaries - speck) * (1 + 0.03 * _noise(rng, size, size // 3))
     v, bars = _cell_frame(rng, size, v, 0.0)
     return _el_surface(rng, v, bars)
 
@@ -514,6 +549,7 @@ def _painted_plastic(rng: np.random.Generator, size: int) -> _Surface:
     peel = rng.uniform(0.01, 0.03) * _noise(rng, size, size // 3)
     hx, hy = rng.uniform(0.1, 0.9, 2)
     gloss = rng.uniform(0.0, 0.25) * np.exp(-((x - hx) ** 2 + (y - hy) ** 2) / rng.uniform(0.01, 0.08))
+    gloss *= 1.0 - 0.8 * float(colour.mean())  # white paint would clip
     shade = 1 + peel + 0.04 * _noise(rng, size, 2)
     rgb = colour * shade[:, :, None] + gloss[:, :, None]
     if rng.random() < 0.5:  # painted metal: chips show primer
@@ -533,12 +569,12 @@ def _concrete(rng: np.random.Generator, size: int) -> _Surface:
     return _Surface(_paint(v, tint), _dark_under(rng))
 
 
-_LEATHERS = ((0.45, 0.28, 0.16), (0.12, 0.1, 0.1), (0.7, 0.52, 0.34), (0.4, 0.12, 0.12), (0.55, 0.45, 0.38))
+_LEATHERS = ((0.45, 0.28, 0.16), (0.22, 0.2, 0.2), (0.7, 0.52, 0.34), (0.4, 0.12, 0.12), (0.55, 0.45, 0.38))
 
 
 def _leather(rng: np.random.Generator, size: int) -> _Surface:
-    creases = (1 - np.abs(_fractal(rng, size, 6, 2))) ** 8
-    fine = (1 - np.abs(_noise(rng, size, max(8, size // 4)))) ** 6
+    creases = np.clip(1 - np.abs(_fractal(rng, size, 6, 2)), 0, 1) ** 8
+    fine = np.clip(1 - np.abs(_noise(rng, size, max(8, size // 4))), 0, 1) ** 6
     v = 1 - rng.uniform(0.2, 0.4) * creases - rng.uniform(0.06, 0.16) * fine
     v = v * (1 + 0.03 * _noise(rng, size, size // 2))
     colour = np.asarray(_LEATHERS[rng.choice(len(_LEATHERS))], np.float32)
@@ -564,6 +600,11 @@ _SURFACE_RENDERERS: dict[str, Callable[[np.random.Generator, int], _Surface]] = 
 # --------------------------------------------------------------------------------------------
 # Defects: each takes (rng, surface, severity 0/1/2, size) and returns (rgb, mask in [0, 1])
 # --------------------------------------------------------------------------------------------
+
+
+def _is_dark(s: _Surface) -> bool:
+    """Dark surfaces (black paint, dark fabric) show defects light: exposed primer, light dust."""
+    return not s.el and float(s.rgb.mean()) < 0.28
 
 
 def _line_width(rng: np.random.Generator, sev: int, size: int, lo: float = 0.6, hi: float = 1.1) -> float:
@@ -596,8 +637,8 @@ def _scratch(rng: np.random.Generator, s: _Surface, sev: int, size: int) -> tupl
         half = length / 2 * rng.uniform(0.6, 1.0) if k else length / 2
         strokes.line(_polyline(off - direction * half, off + direction * half, bend), width * (0.7 if k else 1.0))
     m = strokes.mask()
-    alpha = (0.3, 0.55, 0.85)[sev] * rng.uniform(0.85, 1.15)
-    bright = not s.el and rng.random() < 0.6
+    alpha = (0.4, 0.6, 0.85)[sev] * rng.uniform(0.85, 1.15)
+    bright = _is_dark(s) or (not s.el and rng.random() < 0.6)
     target = np.minimum(s.rgb + 0.45, 1.0) if bright else s.rgb * 0.2
     return s.rgb + (m * min(alpha, 1.0))[:, :, None] * (target - s.rgb), m
 
@@ -618,7 +659,8 @@ def _crack_paths(rng: np.random.Generator, sev: int) -> list[list[tuple[float, f
             pts.append(tuple(p))
             if depth < 2 and i < steps - 1 and rng.random() < 0.12 + 0.05 * sev:
                 side = rng.choice([-1.0, 1.0])
-                walk(p, angle + side * rng.uniform(0.4, 1.1), (length - i * step) * rng.uniform(0.2, 0.55), wiggle, depth + 1)
+                rest = (length - i * step) * rng.uniform(0.2, 0.55)
+                walk(p, angle + side * rng.uniform(0.4, 1.1), rest, wiggle, depth + 1)
         paths.append(pts)
 
     length = min(1.2, rng.uniform(0.2, 0.3) * (1 + 0.75 * sev))
@@ -640,8 +682,10 @@ def _crack(rng: np.random.Generator, s: _Surface, sev: int, size: int) -> tuple[
     for i, pts in enumerate(paths):
         strokes.line(pts, width if i == len(paths) - 1 else width * 0.75)
     m = strokes.mask()
-    darkness = min(0.95, (0.45, 0.7, 0.88)[sev] * rng.uniform(0.9, 1.1))
-    return s.rgb * (1 - darkness * m)[:, :, None], m
+    strength = min(0.95, (0.45, 0.7, 0.88)[sev] * rng.uniform(0.9, 1.1))
+    if _is_dark(s):  # a crack in a dark coating shows the lighter material beneath
+        return _blend(s.rgb, np.minimum(s.rgb + 0.4, 1.0), m * strength), m
+    return s.rgb * (1 - strength * m)[:, :, None], m
 
 
 def _blob(rng: np.random.Generator, size: int, c: np.ndarray, rx: float, ry: float, theta: float,
@@ -681,17 +725,23 @@ _STAINS = {"dark": None, "rust": (0.5, 0.28, 0.1), "light": (0.95, 0.95, 0.92), 
 
 def _spot(rng: np.random.Generator, s: _Surface, sev: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     kind = "dark" if s.el else str(rng.choice(list(_STAINS), p=[0.45, 0.2, 0.15, 0.2]))
+    if kind in ("dark", "ring") and _is_dark(s):
+        kind = "light"
     r = max(2.0 / size, rng.uniform(0.03, 0.055) * (1 + 0.9 * sev))
     c = rng.uniform(0.15, 0.85, 2)
     d = _blob(rng, size, c, r, r * rng.uniform(0.55, 1.0), rng.uniform(0, math.pi), rng.uniform(0.1, 0.3))
     soft = rng.uniform(0.1, 0.5)
     m = _smoothstep(1 + soft, 1 - soft, d)
+    region = m
     if kind == "ring":  # a dried drop: darker rim, lighter inside
         m = np.exp(-(((d - 0.95) / 0.1) ** 2)) * 0.9 + m * 0.3
     m = np.clip(m * (0.8 + 0.2 * _noise(rng, size, max(4, size // 8))), 0, 1)
     alpha = (0.3, 0.55, 0.8)[sev] * rng.uniform(0.85, 1.15)
-    target = s.rgb * 0.25 if _STAINS[kind] is None else np.asarray(_STAINS[kind], np.float32) * (s.rgb.mean() / 0.45) ** 0.5
-    return s.rgb + (m * min(alpha, 1.0))[:, :, None] * (target - s.rgb), m
+    if _STAINS[kind] is None:
+        target = s.rgb * 0.25
+    else:
+        target = np.asarray(_STAINS[kind], np.float32) * (max(float(s.rgb.mean()), 0.05) / 0.45) ** 0.5
+    return s.rgb + (m * min(alpha, 1.0))[:, :, None] * (target - s.rgb), region
 
 
 def _contamination(rng: np.random.Generator, s: _Surface, sev: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -713,7 +763,7 @@ def _contamination(rng: np.random.Generator, s: _Surface, sev: int, size: int) -
         p1 = p0 + rng.uniform(0.03, 0.1) * np.array([math.cos(ang), math.sin(ang)])
         strokes.line(_polyline(p0, p1, rng.normal(0, 0.3), 8), 0.7, int(rng.integers(150, 230)))
     m = strokes.mask()
-    if s.el or rng.random() < 0.7:
+    if s.el or (rng.random() < 0.7 and not _is_dark(s)):
         target = np.asarray((0.12, 0.1, 0.08), np.float32) * rng.uniform(0.5, 1.5)
     else:
         target = np.asarray((0.92, 0.92, 0.9), np.float32)
@@ -753,9 +803,10 @@ def _missing_part(rng: np.random.Generator, s: _Surface, sev: int, size: int) ->
         x, y = _coords(size)
         box_m = np.zeros((size, size), np.float32)
         pad = 1.5 / size
-        for i in rng.choice(len(s.parts), size=min(len(s.parts), 1 + sev if sev else 1), replace=False):
+        for i in rng.choice(len(s.parts), size=min(len(s.parts), 1 + sev), replace=False):
             x0, y0, x1, y1 = s.parts[i]
-            box_m = np.maximum(box_m, ((x >= x0 - pad) & (x <= x1 + pad) & (y >= y0 - pad) & (y <= y1 + pad)).astype(np.float32))
+            inside = (x >= x0 - pad) & (x <= x1 + pad) & (y >= y0 - pad) & (y <= y1 + pad)
+            box_m = np.maximum(box_m, inside.astype(np.float32))
         m = box_m * s.part_mask
     elif s.parts:  # tiles, dies: a chipped corner or (severe) the whole piece
         x0, y0, x1, y1 = s.parts[rng.integers(len(s.parts))]
@@ -786,6 +837,8 @@ def _missing_part(rng: np.random.Generator, s: _Surface, sev: int, size: int) ->
         strokes.polygon(_chip_polygon(rng, c, rng.uniform(0.08, 0.12) * (1 + 0.6 * sev)))
         m = strokes.mask()
     under = s.under if isinstance(s.under, np.ndarray) else np.asarray(s.under, np.float32)
+    if not s.parts and abs(float(under.mean()) - float(s.rgb.mean())) < 0.15:  # dark part, dark backdrop
+        under = np.full(3, rng.uniform(0.6, 0.85), np.float32)
     return s.rgb + m[:, :, None] * (under - s.rgb), m
 
 
@@ -793,7 +846,7 @@ def _bent(rng: np.random.Generator, s: _Surface, sev: int, size: int) -> tuple[n
     x, y = _coords(size)
     c = rng.uniform(0.2, 0.8, 2)
     radius = rng.uniform(0.08, 0.13) * (1 + 0.45 * sev)
-    shift = rng.uniform(0.01, 0.018) * (1 + 0.8 * sev)
+    shift = rng.uniform(0.015, 0.025) * (1 + 0.8 * sev)
     light = rng.uniform(0, 2 * math.pi)
     lx, ly = math.cos(light), math.sin(light)
     dx, dy = x - c[0], y - c[1]
@@ -817,29 +870,33 @@ def _bent(rng: np.random.Generator, s: _Surface, sev: int, size: int) -> tuple[n
 
 
 def _inactive(rng: np.random.Generator, s: _Surface, sev: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """EL: a disconnected, dark area (a cloud between busbars or a fragment cut off by a crack).
+    Other surfaces: a scorched, darkened patch through which the texture still shows."""
     keep = rng.uniform(*((0.5, 0.68), (0.25, 0.45), (0.04, 0.2))[sev])
-    if rng.random() < 0.5:  # an elongated dark cloud (EL: a disconnected area between busbars)
-        c = rng.uniform(0.25, 0.75, 2)
-        rx = rng.uniform(0.14, 0.26) * (1 + 0.3 * sev)
-        theta = rng.normal(0, 0.08) + (math.pi / 2 if s.transposed else 0.0) if s.el else rng.uniform(0, math.pi)
-        d = _blob(rng, size, c, rx, rx * rng.uniform(0.25, 0.55), theta, rng.uniform(0.08, 0.2), 10)
-        soft = rng.uniform(0.05, 0.2)
-        m = _smoothstep(1 + soft, 1 - soft, d) * (0.85 + 0.15 * _noise(rng, size, max(4, size // 6)))
-        m = np.clip(m, 0, 1)
-    else:  # a fragment cut off a corner by a straight crack
+    if s.el and rng.random() < 0.5:  # a corner fragment cut off by a straight crack
         strokes = _Strokes(size)
-        corner = int(rng.integers(4))
+        cx, cy = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))[rng.integers(4)]
         a, b = rng.uniform(0.2, 0.45, 2) * (1 + 0.35 * sev)
-        cx, cy = (0.0, 0.0) if corner == 0 else (1.0, 0.0) if corner == 1 else (0.0, 1.0) if corner == 2 else (1.0, 1.0)
         sx, sy = (1 if cx == 0 else -1), (1 if cy == 0 else -1)
         strokes.polygon([(cx - sx * 0.01, cy - sy * 0.01), (cx + sx * a, cy - sy * 0.01),
                          (cx + sx * a * 0.5 + rng.normal(0, 0.03), cy + sy * b * 0.5 + rng.normal(0, 0.03)),
                          (cx - sx * 0.01, cy + sy * b)])
         m = strokes.mask()
-    rgb = s.rgb * (1 - m * (1 - keep))[:, :, None]
-    if not s.el:  # scorched: also a warm-to-black tint
-        rgb = _blend(rgb, np.asarray((0.16, 0.1, 0.06), np.float32) * keep * 2, m * 0.4)
-    return rgb, m
+        return s.rgb * (1 - m * (1 - keep))[:, :, None], m
+    c = rng.uniform(0.25, 0.75, 2)
+    rx = rng.uniform(0.14, 0.26) * (1 + 0.3 * sev)
+    if s.el:  # elongated along the busbars
+        theta, ry = rng.normal(0, 0.08) + (math.pi / 2 if s.transposed else 0.0), rx * rng.uniform(0.25, 0.55)
+    else:
+        theta, ry = rng.uniform(0, math.pi), rx * rng.uniform(0.55, 1.0)
+    d = _blob(rng, size, c, rx, ry, theta, rng.uniform(0.08, 0.2), 10)
+    soft = rng.uniform(0.05, 0.2) if s.el else rng.uniform(0.3, 0.6)
+    m = np.clip(_smoothstep(1 + soft, 1 - soft, d) * (0.85 + 0.15 * _noise(rng, size, max(4, size // 6))), 0, 1)
+    if s.el:
+        return s.rgb * (1 - m * (1 - keep))[:, :, None], m
+    keep = max(keep, 0.22)
+    scorch = s.rgb * keep * np.asarray((1.0, 0.8, 0.6), np.float32)
+    return _blend(s.rgb, scorch, m), m
 
 
 _DEFECT_RENDERERS: dict[str, Callable[[np.random.Generator, _Surface, int, int], tuple[np.ndarray, np.ndarray]]] = {
@@ -870,19 +927,17 @@ def _camera(rng: np.random.Generator, rgb: np.ndarray, el: bool) -> Image.Image:
     cast = 1 + rng.normal(0, 0.04, 3).astype(np.float32)
     grayscale = el or rng.random() < 0.2
     blur = rng.uniform(0.3, 1.0) * size / 128 if rng.random() < 0.35 else 0.0
-    sigma = rng.uniform(0.01, 0.04) if el else rng.uniform(0.0, 0.03)
+    sigma = rng.uniform(0.004, 0.025) if el else rng.uniform(0.0, 0.03)
     noise = rng.standard_normal((size, size, 1 if grayscale else 3), dtype=np.float32)
 
     light = gain * (1 + slope * ((x - 0.5) * math.cos(phi) + (y - 0.5) * math.sin(phi)))
     light = light * (1 - vignette * 2 * ((x - 0.5) ** 2 + (y - 0.5) ** 2))
+    # Contrast pivots on a fixed grey, not the image mean, so a defect changes only its own pixels.
     if grayscale:
-        v = rgb @ np.asarray((0.299, 0.587, 0.114), np.float32)
-        mean = float(v.mean())
-        v = np.clip(((v - mean) * contrast + mean) * light, 0, 1) ** gamma
-        img = v[:, :, None]
+        v = 0.299 * rgb[:, :, 0] + 0.587 * rgb[:, :, 1] + 0.114 * rgb[:, :, 2]
+        img = (np.clip(((v - 0.45) * contrast + 0.45) * light, 0, 1) ** gamma)[:, :, None]
     else:
-        mean = float(rgb.mean())
-        img = np.clip(((rgb - mean) * contrast + mean) * light[:, :, None] * cast, 0, 1) ** gamma
+        img = np.clip(((rgb - 0.45) * contrast + 0.45) * light[:, :, None] * cast, 0, 1) ** gamma
     if blur > 0.2:
         pil = Image.fromarray((img[:, :, 0] if grayscale else img).__mul__(255).astype(np.uint8))
         pil = pil.filter(ImageFilter.GaussianBlur(blur))
@@ -905,9 +960,12 @@ _SURFACE_WORDS: dict[str, tuple[str, ...]] = {
     "ceramic_tile": ("ceramic tile", "tiled surface", "glazed ceramic tile", "tile panel"),
     "pcb": ("printed circuit board", "PCB", "circuit board", "bare PCB"),
     "wafer": ("silicon wafer", "semiconductor wafer", "wafer with dies", "wafer surface"),
-    "solar_mono": ("monocrystalline solar cell", "mono solar cell", "solar cell", "photovoltaic cell", "mono-Si PV cell"),
-    "solar_poly": ("polycrystalline solar cell", "poly solar cell", "multicrystalline solar cell", "solar cell", "photovoltaic cell"),
-    "painted_plastic": ("painted surface", "plastic part", "painted plastic panel", "moulded plastic surface", "coated panel"),
+    "solar_mono": ("monocrystalline solar cell", "mono solar cell", "solar cell", "photovoltaic cell",
+                   "mono-Si PV cell"),
+    "solar_poly": ("polycrystalline solar cell", "poly solar cell", "multicrystalline solar cell", "solar cell",
+                   "photovoltaic cell"),
+    "painted_plastic": ("painted surface", "plastic part", "painted plastic panel", "moulded plastic surface",
+                        "coated panel"),
     "concrete": ("concrete surface", "concrete slab", "stone surface", "cement block"),
     "leather": ("leather surface", "leather hide", "leather sample", "leather upholstery"),
 }
@@ -935,12 +993,16 @@ _DEFECT_ADJECTIVES: dict[str, tuple[str, ...]] = {
     "bent": ("bent", "dented", "deformed", "warped"),
     "inactive": ("darkened", "burnt", "scorched"),
 }
-_MISSING_NOUNS = {
-    "pcb": (("missing pad", True), ("missing solder pad", True), ("missing copper pad", True)),
-    "ceramic_tile": (("missing tile piece", True), ("chipped-off tile corner", True), ("missing tile fragment", True)),
-    "wafer": (("missing die", True), ("chipped-off die corner", True), ("missing die fragment", True)),
-    "textile": (("missing thread", True), ("broken-off yarn", True), ("missing yarn section", True)),
-    "solar": (("finger interruption", True), ("missing finger segment", True), ("finger interruptions", False)),
+_MISSING_WORDS = {  # surface-specific (nouns, adjectives) for missing_part
+    "pcb": ((("missing pad", True), ("missing solder pad", True), ("missing copper pad", True)), ("incomplete",)),
+    "ceramic_tile": ((("missing tile piece", True), ("chipped-off tile corner", True), ("missing tile fragment", True)),
+                     ("chipped", "incomplete")),
+    "wafer": ((("missing die", True), ("chipped-off die corner", True), ("missing die fragment", True)),
+              ("chipped", "incomplete")),
+    "textile": ((("missing thread", True), ("missing yarn section", True), ("gap in the weave", True)),
+                ("incomplete", "threadbare")),
+    "solar": ((("finger interruption", True), ("missing finger segment", True), ("finger interruptions", False)),
+              ("finger-interrupted",)),
 }
 _EL_INACTIVE = ((("inactive region", True), ("dark inactive area", True), ("electrically disconnected area", True),
                  ("dead cell area", True), ("dark region", True)), ("partly inactive", "partially dark", "darkened"))
@@ -963,7 +1025,8 @@ _LOCATION_WORDS = {
     "bottom": ("near the bottom edge", "at the bottom", "in the lower part"),
     "bottom-right": ("in the bottom-right corner", "at the lower right", "near the bottom-right corner"),
 }
-_PHOTO = ("a photo of", "an image of", "a close-up photo of", "a picture of", "an inspection image of", "a macro photo of")
+_PHOTO = ("a photo of", "an image of", "a close-up photo of", "a picture of", "an inspection image of",
+          "a macro photo of")
 _GRAY_PHOTO = ("a grayscale photo of", "a monochrome image of", "a black and white photo of")
 _EL_PHOTO = ("an electroluminescence image of", "an EL image of", "an electroluminescence photo of")
 
@@ -985,7 +1048,7 @@ _DEFECT_TEMPLATES = (
     "{photo} a {surf} with a visible defect: {noun}",
     "{photo} a {adv} {adj} {surf}",
     "an anomalous {surf} with {np} {loc}",
-    "defect: {noun}; part: {surf}; location: {locword}; severity: {sev}",
+    "defect: {noun}; part: {surf}; location: {locword}; severity: {severity}",
 )
 _GOOD_TEMPLATES = (
     "{photo} a flawless {surf}",
@@ -1007,7 +1070,7 @@ _ARTICLE = re.compile(r"\b([Aa]) (?=[aeiouAEIOU](?!ni|se|ne))")
 def _defect_words(surface: str, defect: str) -> tuple[tuple[tuple[str, bool], ...], tuple[str, ...]]:
     if defect == "missing_part":
         key = "solar" if surface in EL_SURFACES else surface
-        return _MISSING_NOUNS.get(key, _DEFECT_NOUNS[defect]), _DEFECT_ADJECTIVES[defect]
+        return _MISSING_WORDS.get(key, (_DEFECT_NOUNS[defect], _DEFECT_ADJECTIVES[defect]))
     if defect == "inactive" and surface in EL_SURFACES:
         return _EL_INACTIVE
     return _DEFECT_NOUNS[defect], _DEFECT_ADJECTIVES[defect]
@@ -1044,12 +1107,26 @@ def caption_for(surface: str, defect: str, severity: str, location: str, rng: np
     qualifier = _pick(rng, (sev, size_word) if size_word else (sev,)) if rng.random() < 0.8 else ""
     phrase = f"{qualifier} {noun}".strip()
     fields = dict(
-        photo=photo, surf=surf, noun=noun, adj=_pick(rng, adjectives), sev=sev,
+        photo=photo, surf=surf, noun=noun, adj=_pick(rng, adjectives), sev=sev, severity=severity,
         adv=_pick(rng, _SEVERITY_ADVERBS[severity]), np=f"a {phrase}" if countable else phrase,
         loc=_pick(rng, _LOCATION_WORDS[location]), locword=location.replace("-", " "),
     )
     text = _pick(rng, _DEFECT_TEMPLATES).format(**fields)
     return _ARTICLE.sub(r"\1n ", text)
+
+
+_DESCRIPTIONS = {
+    GOOD: "defect-free surface", "scratch": "surface with a scratch", "crack": "surface with a crack",
+    "hole": "surface with a hole", "spot": "surface with a spot or stain",
+    "contamination": "surface with dust or particle contamination", "missing_part": "surface with a missing part",
+    "bent": "bent or dented surface", "inactive": "surface with a dark inactive region",
+}
+
+
+def class_description(defect: str) -> str:
+    """A short English description of a class (one of DEFECTS or a good-class name), for class
+    names in prompts and reports: ``class_description("missing_part") == "surface with a missing part"``."""
+    return _DESCRIPTIONS[_check_defect(defect.strip().lower())]
 
 
 def zero_shot_prompts(defect: str, surface: str | None = None) -> list[str]:
@@ -1150,9 +1227,11 @@ def render_sample(seed: int, index: int, image_size: int = 128, *, surface: str 
         sev = int(flaw.choice(3, p=(0.3, 0.4, 0.3)))
         severity = SEVERITIES[sev]
         rgb, m = _DEFECT_RENDERERS[defect](flaw, surf, sev, image_size)
-        if float(m.sum()) < 1e-3:  # drawn off the image; keep the label honest
+        peak = float(m.max())
+        if peak < 1e-3:  # nothing landed on the image (never seen; kept for safety)
             m = np.zeros_like(m)
-            m[image_size // 2, image_size // 2] = 1.0
+            m[image_size // 2, image_size // 2] = peak = 1.0
+        m = np.clip(m / peak, 0, 1)  # the region, full strength even where strokes are sub-pixel
         location, size_word = _location(m), _size_word(defect, m)
         mask = Image.fromarray((np.clip(m, 0, 1) * 255 + 0.5).astype(np.uint8))
     image = _camera(camera, rgb.astype(np.float32, copy=False), surf.el)

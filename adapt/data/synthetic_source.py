@@ -18,6 +18,7 @@ TRAIN_PER_CLASS = 48
 TEST_PER_CLASS = 24
 TRAIN_SEED, TEST_SEED = 1000, 2000  # disjoint generator streams
 IMAGE_SIZE = 64
+CLASS_STRIDE = 100_000
 
 
 def _render(seed: int, size: int, root: str, key: str):
@@ -25,7 +26,8 @@ def _render(seed: int, size: int, root: str, key: str):
 
     label, index = key.split("/")
     defect = synthetic.GOOD if label == "good" else label
-    return synthetic.render_sample(seed, int(index), size, defect=defect).image
+    offset = (1 + (synthetic.GOOD, *synthetic.DEFECTS).index(defect)) * CLASS_STRIDE  # classes never share a render
+    return synthetic.render_sample(seed, offset + int(index), size, defect=defect).image
 
 
 def _digest(root: str, key: str) -> str:
@@ -55,5 +57,5 @@ def load_synthetic(spec: str = "synthetic") -> DatasetSplits:
         raise DataError(f"unknown synthetic class(es) {unknown}; known: {sorted(known)}")
     train = _split(classes, TRAIN_PER_CLASS, TRAIN_SEED, size)
     test = _split(classes, TEST_PER_CLASS, TEST_SEED, size)
-    descriptions = {c: ("defect-free surface" if c == "good" else f"surface with a {c}") for c in classes}
+    descriptions = {c: synthetic.class_description(c) for c in classes}
     return DatasetSplits(f"synthetic:{','.join(classes)}@{size}", train, test, descriptions=descriptions)

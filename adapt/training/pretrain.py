@@ -1,0 +1,89 @@
+"""Lightning module for contrastive pretraining of an open_clip model (CLIP or SigLIP loss).
+
+The losses are open_clip's own (``ClipLoss``, ``SigLipLoss``); under DDP, ClipLoss gathers
+features across ranks with gradients and computes the local loss, as open_clip's trainer does,
+so the batch seen by the loss grows with the number of devices. AdamW without weight decay on
+gains, biases, embeddings and temperature; linear warmup then cosine decay; the temperature
+is clamped to 100 after each step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from open_clip.loss import ClipLoss, SigLipLoss
+
+from adapt.classifier import PixelNormalizer
+
+
+class ContrastivePretraining(L.LightningModule):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        loss: str = "clip",
+        mean=(0.48145466, 0.4578275, 0.40821073),
+        std=(0.26862954, 0.26130258, 0.27577711),
+        lr: float = 5e-4,
+        weight_decay: float = 0.1,
+        warmup_steps: int = 100,
+        total_steps: int = 1000,
+    ) -> None:
+        super().__init__()
+        if loss not in ("clip", "siglip"):
+            raise ValueError(f"loss must be clip or siglip, got {loss}")
+        if loss == "siglip" and getattr(model, "logit_bias", None) is None:
+            raise ValueError("the SigLIP loss needs a model with a logit_bias (create it with init_logit_bias)")
+        self.model, self.loss_name = model, loss
+        self.normalize = PixelNormalizer(mean, std)
+        self.lr, self.weight_decay = lr, weight_decay
+        self.warmup_steps, self.total_steps = warmup_steps, max(total_steps, 1)
+        self.loss_fn = None
+
+    def setup(self, stage: str) -> None:
+        rank, world = self.global_rank, self.trainer.world_size if self.trainer else 1
+        if self.loss_name == "clip":
+            self.loss_fn = ClipLoss(local_loss=world > 1, gather_with_grad=world > 1, cache_labels=True, rank=rank, world_size=world)
+        else:
+            self.loss_fn = SigLipLoss(rank=rank, world_size=world)
+
+    def training_step(self, batch, _):
+        pixels, tokens = batch
+        out = self.model(self.normalize(pixels), tokens)
+        if isinstance(out, dict):
+            img, txt, scale, bias = out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
+        else:
+            img, txt, scale, *rest = out
+            bias = rest[0] if rest else None
+        loss = self.loss_fn(img, txt, scale, bias) if self.loss_name == "siglip" else self.loss_fn(img, txt, scale)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(tokens), sync_dist=False)
+        self.log("logit_scale", scale.detach(), on_step=True, on_epoch=False, batch_size=len(tokens))
+        return loss
+
+    def on_train_batch_end(self, *_):
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(100))
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+            (no_decay if exclude else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": self.weight_decay}],
+            lr=self.lr,
+            betas=(0.9, 0.98),
+            eps=1e-6,
+        )
+        warmup, total = self.warmup_steps, self.total_steps
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}}

@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated cache, tiny image folders, a tiny random backbone."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))  # helpers such as serving_fixtures
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Feature caches and default backbones of the tests never touch the user's cache."""
+    old = os.environ.get("ADAPT_CACHE_DIR")
+    os.environ["ADAPT_CACHE_DIR"] = str(tmp_path_factory.mktemp("adapt-cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    yield
+    if old is None:
+        os.environ.pop("ADAPT_CACHE_DIR", None)
+    else:
+        os.environ["ADAPT_CACHE_DIR"] = old
+
+
+def write_brightness_folder(root: Path, per_class: int = 12, size: int = 40, seed: int = 0, classes=("dark", "bright")) -> Path:
+    """Noisy images whose class is their brightness: any working pipeline separates them."""
+    rng = np.random.default_rng(seed)
+    levels = np.linspace(50, 205, len(classes))
+    for label, level in zip(classes, levels):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = np.clip(rng.normal(level, 25, (size, size + 8, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / label / f"{label}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture()
+def brightness_folder(tmp_path) -> Path:
+    return write_brightness_folder(tmp_path / "parts")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    import torch
+
+    from adapt.backbone import create_backbone
+
+    torch.manual_seed(0)
+    return create_backbone("adapt-tiny", "none")

@@ -1,0 +1,72 @@
+"""Decoding and resizing: the one preprocessing path shared by training and serving."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adapt.imageio import ImageDecodeError, bytes_to_model_pixels, decode_image, read_image, to_model_pixels
+
+pytestmark = pytest.mark.unit
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF"])
+def test_every_supported_format_decodes_to_rgb(fmt):
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    out = decode_image(_encode(img, fmt))
+    assert out.mode == "RGB" and out.size == (30, 20)
+
+
+def test_grayscale_and_16bit_become_rgb():
+    gray = Image.fromarray(np.full((10, 10), 77, dtype=np.uint8), mode="L")
+    assert np.asarray(decode_image(_encode(gray, "PNG")))[0, 0].tolist() == [77, 77, 77]
+    deep = Image.fromarray(np.linspace(0, 65535, 100, dtype=np.uint16).reshape(10, 10))
+    arr = np.asarray(decode_image(_encode(deep, "PNG")))
+    assert arr.shape == (10, 10, 3) and arr.min() == 0 and arr.max() == 255
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40])
+def test_garbage_is_a_decode_error(data):
+    with pytest.raises(ImageDecodeError):
+        decode_image(data)
+
+
+def test_missing_and_corrupt_files_name_the_file(tmp_path):
+    with pytest.raises(ImageDecodeError, match="nope.png"):
+        read_image(tmp_path / "nope.png")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(ImageDecodeError, match="bad.jpg"):
+        read_image(bad)
+
+
+def test_shortest_side_resize_then_centre_crop():
+    arr = np.zeros((40, 80, 3), dtype=np.uint8)
+    arr[:, 20:60] = 255  # the centre 40x40 is white, the sides black
+    px = to_model_pixels(Image.fromarray(arr), 20)
+    assert px.shape == (20, 20, 3) and px.dtype == np.uint8
+    assert px[:, 2:-2].min() > 200  # the crop kept the white centre
+
+
+def test_squash_keeps_the_whole_image():
+    arr = np.zeros((40, 80, 3), dtype=np.uint8)
+    arr[:, :40] = 255
+    px = to_model_pixels(Image.fromarray(arr), 20, "squash")
+    assert px[:, :8].min() > 200 and px[:, 12:].max() < 50
+
+
+def test_bytes_path_equals_file_path(tmp_path):
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (33, 47, 3), dtype=np.uint8))
+    img.save(tmp_path / "x.png")
+    a = bytes_to_model_pixels((tmp_path / "x.png").read_bytes(), 16)
+    b = to_model_pixels(read_image(tmp_path / "x.png"), 16)
+    assert np.array_equal(a, b)

@@ -1,0 +1,98 @@
+"""Every adaptation method ends in the same classifier contract, exportable with parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adapt.classifier import load_classifier, save_classifier
+from adapt.data import few_shot_split, load_dataset
+from adapt.export import check_parity, export_onnx, read_metadata
+from adapt.methods import AdaptContext, Method, fit, make_config
+from adapt.modelmeta import INPUT_NAME, OUTPUT_NAME
+
+QUICK = {
+    Method.ZEROSHOT: {},
+    Method.LINEAR: {},
+    Method.COOP: {"epochs": "3"},
+    Method.LORA: {"epochs": "3"},
+    Method.TIP_ADAPTER: {"finetune": "true", "epochs": "3"},
+}
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory, tiny_backbone):
+    from conftest import write_brightness_folder
+
+    root = write_brightness_folder(tmp_path_factory.mktemp("data") / "parts", per_class=16)
+    data = load_dataset(root)
+    return data, AdaptContext(backbone=tiny_backbone, split=few_shot_split(data.train, 4, seed=1), progress=False, seed=1)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", list(Method), ids=lambda m: m.value)
+def test_method_ends_in_the_classifier_contract(method, context, tmp_path):
+    data, ctx = context
+    result = fit(method, ctx, make_config(method, QUICK[method]))
+    clf = result.classifier.eval()
+    assert clf.labels == ["bright", "dark"] and clf.info.method == method.value
+    pixels = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        probs = clf(pixels)
+        assert torch.allclose(clf(pixels.float()), probs)  # uint8 or float pixels
+    assert probs.shape == (3, 2) and torch.allclose(probs.sum(1), torch.ones(3), atol=1e-5)
+    assert result.val_probabilities is not None and result.val_probabilities.shape == (len(ctx.split.val), 2)
+
+    loaded = load_classifier(save_classifier(clf, tmp_path / "c.pt"))
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixels), probs, atol=1e-6)
+
+    path = export_onnx(clf, tmp_path / "m.onnx", model_name="parts", model_version="7", check=False)
+    assert check_parity(clf, path, n=5) <= 1e-4
+    meta = read_metadata(path)
+    assert meta.labels == ["bright", "dark"] and meta.image_size == 32 and meta.model_version == "7"
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):  # the batch axis is dynamic
+        x = np.random.default_rng(batch).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+        assert session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].shape == (batch, 2)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", [Method.LINEAR, Method.TIP_ADAPTER], ids=lambda m: m.value)
+def test_trained_methods_separate_an_easy_task(method, context):
+    data, ctx = context
+    clf = fit(method, ctx, make_config(method, {})).classifier.eval()
+    from adapt.features import load_pixels
+
+    pixels = load_pixels(data.test, 32, progress=False)
+    with torch.no_grad():
+        pred = clf(pixels).argmax(1).numpy()
+    assert (pred == data.test.labels).mean() >= 0.9
+
+
+@pytest.mark.unit
+def test_hyper_parameters_are_parsed_and_validated():
+    cfg = make_config("lora", {"rank": "8", "towers": "vision", "augment": "false"})
+    assert cfg.rank == 8 and cfg.towers == ["vision"] and cfg.augment is False
+    assert "alpha=" not in repr(make_config("linear", {}))
+    with pytest.raises(ValueError, match="unknown hyper-parameter 'rnak'"):
+        make_config("lora", {"rnak": "8"})
+    with pytest.raises(ValueError, match="towers"):
+        make_config("lora", {"towers": "audio"})
+
+
+@pytest.mark.integration
+def test_lora_trains_adapters_and_merges_them(context):
+    data, ctx = context
+    before = {k: v.clone() for k, v in ctx.backbone.model.visual.state_dict().items()}
+    result = fit(Method.LORA, ctx, make_config(Method.LORA, {"epochs": "3", "towers": "vision"}))
+    after = result.classifier.visual.state_dict()
+    assert set(after) == set(before)  # merged: plain module names, no lora_ params left
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("attn" in k for k in changed) and any("c_fc" in k for k in changed)
+    assert result.params["trainable_parameters"] > 0
+    # the backbone the context holds is untouched
+    assert all(torch.equal(v, ctx.backbone.model.visual.state_dict()[k]) for k, v in before.items())

@@ -1,0 +1,120 @@
+"""`adapt retrain` / `eval` / `export` end to end, as a user runs them, on tiny self-made data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from adapt.cli import main
+
+TINY = ["--backbone", "adapt-tiny", "--pretrained", "none", "--no-tracking"]
+QUICK_HP = {"coop": ["--hp", "epochs=3"], "lora": ["--hp", "epochs=3"], "tip-adapter": ["--hp", "finetune=true", "--hp", "epochs=3"]}
+
+
+def _tiny(args):
+    """TINY, minus --no-tracking where this build has no tracking options yet."""
+    from adapt.cli import build_parser
+
+    known = build_parser()._subparsers._group_actions[0].choices["retrain"]._option_string_actions
+    return args if "--no-tracking" in known else [a for a in args if a != "--no-tracking"]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    from conftest import write_brightness_folder
+
+    return write_brightness_folder(tmp_path_factory.mktemp("cli") / "parts", per_class=14)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("method", ["zeroshot", "linear", "coop", "lora", "tip-adapter"])
+def test_retrain_writes_model_metrics_and_confusion_matrix(method, parts, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["-q", "retrain", "--data", str(parts), "--method", method, "--shots", "4", "--seed", "1", "--output-dir", str(out)]
+    assert main(args + _tiny(TINY) + QUICK_HP.get(method, [])) == 0
+    printed = capsys.readouterr().out
+    assert "balanced accuracy" in printed and str(out / "model.onnx") in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "per_class", "roc_auc", "confusion_matrix"):
+        assert key in metrics
+    assert set(metrics["per_class"]) == {"bright", "dark"} and metrics["n"] == 7
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    if method in ("linear", "tip-adapter"):  # brightness is trivially separable
+        assert metrics["accuracy"] >= 0.85
+
+    # eval on the exported model reproduces the held-out metrics
+    assert main(["-q", "eval", "--model", str(out), "--data", str(parts), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert again["dataset_fingerprint"] == metrics["dataset_fingerprint"]
+
+
+@pytest.mark.e2e
+def test_export_rewrites_onnx_with_parity(parts, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["-q", "retrain", "--data", str(parts), "--method", "linear", "--shots", "4", "--output-dir", str(out)] + _tiny(TINY)) == 0
+    capsys.readouterr()
+    assert main(["-q", "export", "--model", str(out), "--out", str(tmp_path / "x.onnx"), "--reject-threshold", "0.9"]) == 0
+    assert "max |dp|" in capsys.readouterr().out
+    from adapt.export import read_metadata
+
+    assert read_metadata(tmp_path / "x.onnx").reject_threshold == 0.9
+
+
+def _move(root, names, label):
+    (root / label).mkdir()
+    for name in names:
+        (root / "dark" / name).rename(root / label / name)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "setup, args, message",
+    [
+        (lambda root: None, ["--data", "{root}/nowhere"], "dataset not found"),
+        (lambda root: _move(root, ["dark_000.png", "dark_001.png"], "rare"), ["--shots", "4"], "class 'rare' has 2 training image(s), fewer than --shots 4"),
+        (lambda root: None, ["--shots", "50"], "fewer than --shots 50"),
+        (lambda root: None, ["--shots", "4", "--hp", "bogus=1"], "unknown hyper-parameter 'bogus'"),
+        (lambda root: None, ["--shots", "4", "--pretrained", "/no/such/weights.bin"], "not found"),
+    ],
+    ids=["missing-path", "too-small-class", "too-many-shots", "bad-hp", "missing-weights"],
+)
+def test_bad_input_is_a_one_line_error(setup, args, message, tmp_path, capsys):
+    from conftest import write_brightness_folder
+
+    root = write_brightness_folder(tmp_path / "parts", per_class=12)
+    setup(root)
+    base = ["retrain", "--data", str(root), "--method", "linear", "--output-dir", str(tmp_path / "out")]
+    argv = base + _tiny(TINY) + [a.format(root=root) for a in args]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and message in err[-1] and err[-1].startswith("adapt retrain: error:")
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+@pytest.mark.e2e
+def test_corrupt_image_is_reported_and_the_run_goes_on(parts, tmp_path):
+    (parts / "dark" / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "adapt", "retrain", "--data", str(parts), "--method", "linear", "--shots", "4",
+             "--output-dir", str(tmp_path / "run")] + _tiny(TINY),
+            capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        (parts / "dark" / "zz_corrupt.png").unlink()
+    assert proc.returncode == 0, proc.stderr
+    assert "zz_corrupt.png" in proc.stderr and "skipping unreadable image" in proc.stderr
+    assert (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.unit
+def test_help_explains_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("retrain", "eval", "export", "pretrain"):
+        assert command in text

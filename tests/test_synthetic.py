@@ -1,0 +1,256 @@
+"""The procedural synthetic generator: determinism, coverage, captions, visibility, folder output."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from adapt.data import synthetic as syn
+
+pytestmark = pytest.mark.unit
+
+# Words a reader would accept as naming the surface / the defect (kept here, not imported, so the
+# test checks the captions against an independent vocabulary).
+SURFACE_WORDS = {
+    "brushed_metal": ("metal", "steel", "aluminium"),
+    "cast_metal": ("cast", "casting"),
+    "textile": ("fabric", "textile", "cloth"),
+    "wood": ("wood", "timber"),
+    "ceramic_tile": ("tile",),
+    "pcb": ("pcb", "circuit board"),
+    "wafer": ("wafer",),
+    "solar_mono": ("solar", "photovoltaic", "pv cell"),
+    "solar_poly": ("solar", "photovoltaic", "pv cell"),
+    "painted_plastic": ("paint", "plastic", "coated"),
+    "concrete": ("concrete", "stone", "cement"),
+    "leather": ("leather",),
+}
+DEFECT_WORDS = {
+    "scratch": ("scratch", "scuff", "scrape", "score mark", "abrasion", "abraded"),
+    "crack": ("crack", "fracture", "fissure", "broken"),
+    "hole": ("hole", "pit", "puncture", "pinhole", "perforat"),
+    "spot": ("spot", "stain", "blotch", "smudge"),
+    "contamination": ("contaminat", "dust", "debris", "particle", "dirt"),
+    "missing_part": ("missing", "chipped", "incomplete", "interrupt", "broken-off", "gap", "threadbare"),
+    "bent": ("bent", "bend", "dent", "deform", "warp", "bulge"),
+    "inactive": ("inactive", "dark", "burn", "scorch", "dead", "disconnected"),
+}
+ALL_DEFECT_WORDS = sorted({w for words in DEFECT_WORDS.values() for w in words})
+
+
+def _mentions(text: str, words) -> bool:
+    text = text.lower()
+    return any(re.search(r"\b" + re.escape(w), text) for w in words)
+
+
+def _pixels(sample: syn.SyntheticSample) -> np.ndarray:
+    return np.asarray(sample.image, dtype=np.int16)
+
+
+def test_public_vocabulary_is_broad():
+    assert len(syn.SURFACES) >= 8 and len(set(syn.SURFACES)) == len(syn.SURFACES)
+    assert len(syn.DEFECTS) >= 7 and syn.GOOD not in syn.DEFECTS
+    assert {"scratch", "crack", "spot"} <= set(syn.DEFECTS)
+    assert set(SURFACE_WORDS) == set(syn.SURFACES) and set(DEFECT_WORDS) == set(syn.DEFECTS)
+
+
+def test_same_seed_and_index_give_identical_samples():
+    a, b = syn.render_sample(3, 17, 64), syn.render_sample(3, 17, 64)
+    assert a.image.tobytes() == b.image.tobytes()
+    fields = ("surface", "defect", "severity", "location", "caption")
+    assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+
+
+def test_other_index_or_seed_gives_other_pixels():
+    base = syn.render_sample(3, 17, 64).image.tobytes()
+    assert syn.render_sample(3, 18, 64).image.tobytes() != base
+    assert syn.render_sample(4, 17, 64).image.tobytes() != base
+
+
+def test_stream_draws_surfaces_and_defects_at_the_requested_rate():
+    samples = [syn.render_sample(0, i, 32, defect_probability=0.7) for i in range(300)]
+    assert len({s.surface for s in samples}) == len(syn.SURFACES)
+    assert len({s.defect for s in samples}) == len(syn.DEFECTS) + 1
+    good = sum(s.defect == syn.GOOD for s in samples) / len(samples)
+    assert 0.2 < good < 0.4
+    assert all(s.defect == syn.GOOD for s in (syn.render_sample(0, i, 32, defect_probability=0.0) for i in range(20)))
+
+
+@pytest.mark.parametrize("surface", syn.SURFACES)
+def test_every_defect_renders_at_every_size(surface):
+    for size in (32, 64, 128):
+        for defect in (syn.GOOD, *syn.DEFECTS):
+            s = syn.render_sample(1, 5, size, surface=surface, defect=defect)
+            assert s.image.mode == "RGB" and s.image.size == (size, size)
+            assert (s.surface, s.defect) == (surface, defect)
+            if defect == syn.GOOD:
+                assert s.severity == "" and s.location == "" and s.mask is None
+            else:
+                assert s.severity in syn.SEVERITIES and s.location in syn.LOCATIONS
+                assert s.mask.mode == "L" and s.mask.size == (size, size)
+                assert np.asarray(s.mask).max() > 0
+
+
+def test_solar_cells_are_grayscale_electroluminescence_images():
+    for surface in ("solar_mono", "solar_poly"):
+        for i in range(5):
+            a = np.asarray(syn.render_sample(2, i, 64, surface=surface).image)
+            assert np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2])
+
+
+def test_some_other_surfaces_are_rendered_in_gray_and_most_in_colour():
+    gray = 0
+    for i in range(60):
+        a = np.asarray(syn.render_sample(4, i, 32, surface="painted_plastic").image)
+        gray += np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2])
+    assert 0 < gray < 30
+
+
+@pytest.mark.parametrize("surface", syn.SURFACES)
+def test_defect_changes_its_own_region_only(surface):
+    """Good and defective renders of one (seed, index, surface) share background and camera."""
+    for k, defect in enumerate(syn.DEFECTS):
+        good = syn.render_sample(9, k, 64, surface=surface, defect=syn.GOOD)
+        bad = syn.render_sample(9, k, 64, surface=surface, defect=defect)
+        diff = np.abs(_pixels(bad) - _pixels(good)).max(axis=2)
+        mask = np.asarray(bad.mask) > 127
+        assert mask.any(), defect
+        assert diff[mask].mean() > 1.0, f"{surface}/{defect} invisible"
+        if defect != "bent":  # a dent's warp fades out smoothly beyond its mask
+            near = np.asarray(bad.mask.filter(ImageFilter.MaxFilter(9))) > 0
+            assert diff[~near].max() <= 1, f"{surface}/{defect} changed pixels far from its mask"
+
+
+def test_location_names_where_the_mask_is():
+    for i in range(40):
+        s = syn.render_sample(6, i, 64, defect_probability=1.0)
+        m = np.asarray(s.mask, dtype=np.float64)
+        ys, xs = np.indices(m.shape)
+        cx, cy = (m * xs).sum() / m.sum() / 64, (m * ys).sum() / m.sum() / 64
+        row, col = min(2, int(cy * 3)), min(2, int(cx * 3))
+        assert s.location == syn.LOCATIONS[row * 3 + col]
+
+
+def test_captions_name_surface_and_defect():
+    for surface in syn.SURFACES:
+        for k, defect in enumerate(syn.DEFECTS):
+            for index in (k, k + 50):
+                s = syn.render_sample(12, index, 32, surface=surface, defect=defect)
+                assert _mentions(s.caption, SURFACE_WORDS[surface]), s.caption
+                assert _mentions(s.caption, DEFECT_WORDS[defect]), s.caption
+
+
+def test_good_captions_call_the_part_good_and_claim_no_defect():
+    for surface in syn.SURFACES:
+        for index in range(6):
+            caption = syn.render_sample(13, index, 32, surface=surface, defect="good").caption
+            assert _mentions(caption, SURFACE_WORDS[surface]), caption
+            assert not _mentions(caption, ALL_DEFECT_WORDS), caption
+
+
+def test_captions_are_varied_and_use_location_and_severity_words():
+    rng = np.random.default_rng(0)
+    captions = [syn.caption_for("wood", "crack", "severe", "top-left", rng) for _ in range(200)]
+    assert len(set(captions)) > 100
+    assert any(_mentions(c, ("top-left", "upper left", "top left")) for c in captions)
+    severe = ("severe", "major", "serious", "pronounced", "severely", "heavily", "badly")
+    assert any(_mentions(c, severe) for c in captions)
+    assert any(_mentions(c, ("cracked",)) for c in captions) and any(_mentions(c, ("fracture",)) for c in captions)
+    assert all(not re.search(r"\ba [aeiou]", c) or "a uni" in c for c in captions)  # "an" before vowels
+
+
+def test_caption_for_is_deterministic_given_its_rng():
+    a = syn.caption_for("pcb", "missing_part", "subtle", "centre", np.random.default_rng(5))
+    b = syn.caption_for("pcb", "missing_part", "subtle", "centre", np.random.default_rng(5))
+    assert a == b
+
+
+def test_zero_shot_prompts():
+    crack = syn.zero_shot_prompts("crack")
+    assert "a photo of a cracked surface" in crack and len(crack) >= 3
+    for defect in syn.DEFECTS:
+        prompts = syn.zero_shot_prompts(defect, "solar cell")
+        assert prompts and all("solar cell" in p for p in prompts)
+        assert all(_mentions(p, DEFECT_WORDS[defect]) for p in prompts), prompts
+    for good in ("none", "good"):
+        assert not any(_mentions(p, ALL_DEFECT_WORDS) for p in syn.zero_shot_prompts(good))
+    with pytest.raises(ValueError, match="unknown defect"):
+        syn.zero_shot_prompts("rust-ish")
+
+
+def test_class_dataset_is_balanced_and_keeps_label_names():
+    data = syn.class_dataset(3, seed=1, image_size=32, classes=("good", "scratch", "hole"))
+    assert Counter(label for _, label in data) == {"good": 3, "scratch": 3, "hole": 3}
+    assert [label for _, label in data] == ["good"] * 3 + ["scratch"] * 3 + ["hole"] * 3
+    assert all(img.size == (32, 32) and img.mode == "RGB" for img, _ in data)
+    # "good" and "none" are the same class; a class does not depend on which others are asked for
+    none = syn.class_dataset(3, seed=1, image_size=32, classes=("none",))
+    assert [i.tobytes() for i, _ in none] == [i.tobytes() for i, _ in data[:3]]
+    assert len({img.tobytes() for img, _ in data}) == len(data)
+    with pytest.raises(ValueError, match="unknown defect"):
+        syn.class_dataset(1, seed=1, classes=("good", "dent"))
+
+
+def test_write_folder_layout(tmp_path):
+    root = syn.write_folder(tmp_path / "ds", 2, seed=0, image_size=32, classes=("good", "crack"))
+    assert root == tmp_path / "ds"
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")) == [
+        "crack/crack_0.png", "crack/crack_1.png", "good/good_0.png", "good/good_1.png",
+    ]
+    with Image.open(root / "crack" / "crack_1.png") as img:
+        assert img.size == (32, 32) and img.mode == "RGB"
+    syn.write_folder(tmp_path / "jpg", 1, seed=0, image_size=32, classes=("spot",), fmt="jpg")
+    assert (tmp_path / "jpg" / "spot" / "spot_0.jpg").is_file()
+
+
+def test_write_caption_manifest(tmp_path):
+    manifest = syn.write_caption_manifest(tmp_path, 3, seed=0, image_size=32)
+    lines = manifest.read_text().splitlines()
+    assert lines[0] == "image,caption" and len(lines) == 4
+    assert all((tmp_path / line.split(",", 1)[0]).is_file() for line in lines[1:])
+
+
+def test_stream_is_a_sequence_of_samples():
+    stream = syn.SyntheticStream(seed=2, length=5, image_size=32)
+    assert len(stream) == 5
+    assert stream[4].image.tobytes() == syn.render_sample(2, 4, 32).image.tobytes()
+    with pytest.raises(IndexError):
+        stream[5]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(surface="marble"), "unknown surface"),
+        (dict(defect="dent"), "unknown defect"),
+        (dict(image_size=8), "image_size"),
+        (dict(defect_probability=1.5), "defect_probability"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        syn.render_sample(0, 0, **{"image_size": 32, **kwargs})
+    with pytest.raises(ValueError, match="seed and index"):
+        syn.render_sample(-1, 0)
+
+
+def test_module_needs_only_numpy_and_pillow():
+    """Data-loader workers and the demo render without torch (or scipy) being imported."""
+    tree = ast.parse(Path(syn.__file__).read_text())
+    roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert roots - set(sys.stdlib_module_names) == {"numpy", "PIL"}
+
+
+def test_class_descriptions_read_as_english():
+    assert syn.class_description("good") == syn.class_description("none") == "defect-free surface"
+    for defect in syn.DEFECTS:
+        text = syn.class_description(defect)
+        assert "_" not in text and _mentions(text, DEFECT_WORDS[defect]), text

@@ -53,7 +53,7 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if verbose < 2:  # third-party chatter only when asked for
-        for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "root", "mlflow", "alembic", "urllib3", "onnxscript", "onnx_ir", "torch.onnx", "httpx"):
+        for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic", "urllib3", "onnxscript", "onnx_ir", "torch.onnx", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -36,28 +36,51 @@ CSV_COLUMNS = ("path", "label", "top_probability", "needs_review", "model_name",
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "classify", help="classify images with a running inspection server", description=DESCRIPTION,
+        "classify",
+        help="classify images with a running inspection server",
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files and/or folders (recursive)")
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of the inspection server")
     p.add_argument("--model", default="", help="model name to ask for (default: the server's default model)")
-    p.add_argument("--watch", metavar="DIR", help="keep classifying image files that appear in DIR (recursive) until Ctrl-C")
-    p.add_argument("--poll-interval", type=float, default=0.5,
-                   help="with --watch: seconds between looks at DIR; a file is read once its size stopped changing (default: %(default)s)")
-    p.add_argument("--csv", metavar="FILE", help="write results as CSV to FILE ('-' = standard output) instead of a table")
-    p.add_argument("--stream", action="store_true",
-                   help="send all images over one streaming call (faster for many images) instead of one call each")
+    p.add_argument(
+        "--watch", metavar="DIR", help="keep classifying image files that appear in DIR (recursive) until Ctrl-C"
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.5,
+        help="with --watch: seconds between looks at DIR; a file is read once its size stopped changing "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--csv", metavar="FILE", help="write results as CSV to FILE ('-' = standard output) instead of a table"
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="send all images over one streaming call (faster for many images) instead of one call each",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default: %(default)s)")
     g = p.add_argument_group("security")
     g.add_argument("--tls-ca", metavar="PEM", help="CA certificate that signed the server's certificate; enables TLS")
     g.add_argument("--tls-cert", metavar="PEM", help="this client's certificate, for servers that require mTLS")
     g.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
-    g.add_argument("--tls-server-name", metavar="NAME", help="name to verify the server certificate against, if not the host")
+    g.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to verify the server certificate against, if not the host"
+    )
     tokens = g.add_mutually_exclusive_group()
-    tokens.add_argument("--token-file", metavar="FILE", help="file whose first token (one per line, '#' comments) is sent as bearer token")
-    tokens.add_argument("--token", default=os.environ.get("ADAPT_TOKEN"),
-                        help="bearer token (default: $ADAPT_TOKEN); prefer --token-file, command lines are visible to other users")
+    tokens.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file whose first token (one per line, '#' comments) is sent as bearer token",
+    )
+    tokens.add_argument(
+        "--token",
+        default=os.environ.get("ADAPT_TOKEN"),
+        help="bearer token (default: $ADAPT_TOKEN); prefer --token-file, command lines are visible to other users",
+    )
     p.set_defaults(func=run)
 
 
@@ -116,8 +139,13 @@ def _connect(args: argparse.Namespace):
     try:
         token = read_tokens(args.token_file)[0] if args.token_file else args.token
         return InspectionClient(
-            args.server, root_cert=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key,
-            token=token, timeout=args.timeout, server_name=args.tls_server_name,
+            args.server,
+            root_cert=args.tls_ca,
+            client_cert=args.tls_cert,
+            client_key=args.tls_key,
+            token=token,
+            timeout=args.timeout,
+            server_name=args.tls_server_name,
         )
     except (OSError, ValueError) as exc:
         raise AdaptError(str(exc)) from exc
@@ -144,7 +172,7 @@ def _classify(client, files: list[Path], args: argparse.Namespace) -> list[Row]:
     rows = []
     try:
         if args.stream:
-            for path, answer in zip(files, client.classify_many(files, stream=True, model=args.model)):
+            for path, answer in zip(files, client.classify_many(files, stream=True, model=args.model), strict=True):
                 rows.append(_row(path, answer))
         else:
             for path in files:
@@ -165,12 +193,17 @@ def _row(path: Path, answer) -> Row:
     if answer.HasField("error"):
         return Row(str(path), request_id=answer.request_id, error=answer.error.message)
     return Row(
-        str(path), answer.label, answer.top_probability, answer.needs_review,
-        answer.model_name, answer.model_version, answer.request_id,
+        str(path),
+        answer.label,
+        answer.top_probability,
+        answer.needs_review,
+        answer.model_name,
+        answer.model_version,
+        answer.request_id,
     )
 
 
-def _watch(client, folder: Path, args: argparse.Namespace, output: "_Output") -> None:
+def _watch(client, folder: Path, args: argparse.Namespace, output: _Output) -> None:
     """Classify files that appear in ``folder`` once their size is stable, until Ctrl-C."""
     done = set(collect_images([str(folder)]))  # already there: not new
     sizes: dict[Path, tuple[int, int]] = {}
@@ -233,8 +266,18 @@ class _Output:
         self.rows += rows
         for row in rows:
             if self._csv is not None:
-                self._csv.writerow([row.path, row.label, f"{row.top_probability:.4f}", int(row.needs_review),
-                                    row.model_name, row.model_version, row.request_id, row.error])
+                self._csv.writerow(
+                    [
+                        row.path,
+                        row.label,
+                        f"{row.top_probability:.4f}",
+                        int(row.needs_review),
+                        row.model_name,
+                        row.model_version,
+                        row.request_id,
+                        row.error,
+                    ]
+                )
             else:
                 self._print(row)
         if self._fh is not None:
@@ -249,7 +292,10 @@ class _Output:
             return
         model = f"{row.model_name}:{row.model_version}"
         review = "yes" if row.needs_review else "no"
-        print(f"{_short(row.path, 48):<48} {row.label:<16} {row.top_probability:>6.3f} {review:<6} {model:<16}", flush=True)
+        print(
+            f"{_short(row.path, 48):<48} {row.label:<16} {row.top_probability:>6.3f} {review:<6} {model:<16}",
+            flush=True,
+        )
 
     def close(self) -> None:
         if self._fh is not None and self._fh is not sys.stdout:
@@ -257,4 +303,4 @@ class _Output:
 
 
 def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else "..." + text[-(width - 3):]
+    return text if len(text) <= width else "..." + text[-(width - 3) :]

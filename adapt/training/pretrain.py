@@ -43,7 +43,8 @@ class ContrastivePretraining(L.LightningModule):
         self.loss_fn = None
 
     def setup(self, stage: str) -> None:
-        rank, world = self.global_rank, self.trainer.world_size if self.trainer else 1
+        trainer = self._trainer  # None when used outside a Trainer (e.g. to measure a loss)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if self.loss_name == "clip":
             self.loss_fn = ClipLoss(local_loss=world > 1, gather_with_grad=world > 1, cache_labels=True, rank=rank, world_size=world)
         else:

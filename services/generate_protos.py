@@ -1,0 +1,61 @@
+"""Regenerate the committed Python stubs in ``services/proto/`` from ``protos/``.
+
+Run ``python -m services.generate_protos`` after editing a ``.proto`` file; a test fails when
+the committed stubs drift from the ``.proto``. grpcio-tools writes absolute imports
+(``from adapt.inspection.v1 import inspection_pb2``) that would clash with the ``adapt``
+library package, so the generated files are placed flat in ``services/proto/`` and their
+imports made package-relative. The descriptor keeps its canonical file name
+(``adapt/inspection/v1/inspection.proto``) in the default pool, for server reflection.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = REPO_ROOT / "protos"
+PROTO_FILES = ("adapt/inspection/v1/inspection.proto",)
+OUT_DIR = Path(__file__).resolve().parent / "proto"
+
+_IMPORT = re.compile(r"^from adapt\.inspection\.v1 import (\w+_pb2) as", re.MULTILINE)
+
+
+def generate(out_dir: Path = OUT_DIR, proto_root: Path = PROTO_ROOT) -> list[Path]:
+    """Compile every file of ``PROTO_FILES`` into ``out_dir``; return the files written."""
+    from grpc_tools import protoc
+
+    well_known = importlib.resources.files("grpc_tools") / "_proto"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [
+            "grpc_tools.protoc",
+            f"-I{proto_root}",
+            f"-I{well_known}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            *PROTO_FILES,
+        ]
+        if protoc.main(args) != 0:
+            raise RuntimeError(f"protoc failed on {', '.join(PROTO_FILES)}")
+        for generated in sorted(Path(tmp).rglob("*_pb2*.py*")):
+            text = _IMPORT.sub(r"from . import \1 as", generated.read_text())
+            target = out_dir / generated.name
+            target.write_text(text)
+            written.append(target)
+    return written
+
+
+def main() -> int:
+    for path in generate():
+        sys.stdout.write(f"wrote {path.relative_to(REPO_ROOT)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

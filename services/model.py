@@ -1,0 +1,136 @@
+"""An exported classifier loaded in ONNX Runtime: metadata, preprocessing and batched inference.
+
+The file format is ``adapt.modelmeta``'s contract: input ``pixels`` uint8[N, H, W, 3], output
+``probabilities`` float32[N, C], the ``ClassifierMetadata`` JSON in the model's metadata_props.
+Preprocessing is ``adapt.imageio.bytes_to_model_pixels`` with the model's own size and resize
+mode, i.e. exactly what training and evaluation do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from adapt.imageio import bytes_to_model_pixels
+from adapt.modelmeta import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The file is not an exported classifier this server can run."""
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How ONNX Runtime runs the model."""
+
+    intra_op_threads: int = 0  # threads inside one inference; 0 = ONNX Runtime's default (all cores)
+    providers: tuple[str, ...] = ()  # empty = CUDA first when available, else CPU
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
+
+
+def default_providers() -> list[str]:
+    """CUDAExecutionProvider first when this onnxruntime build has it, then CPU."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OnnxClassifier:
+    """One loaded version of a classifier. Immutable after construction; thread-safe to run."""
+
+    def __init__(
+        self, path: str | Path, runtime: RuntimeConfig = RuntimeConfig(), *, name: str = "", version: str = ""
+    ):
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = runtime.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path), options, providers=list(runtime.providers) or default_providers()
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ModelLoadError(f"{self.path}: cannot load ONNX model ({_first_line(exc)})") from exc
+        self.metadata = _read_metadata(self._session, self.path)
+        _check_signature(self._session, self.metadata, self.path)
+        self.name = name or self.metadata.model_name or self.path.stem
+        self.version = version or self.metadata.model_version or _file_digest(self.path)
+        self.loaded_at = time.time()
+        self.providers = tuple(self._session.get_providers())
+
+    @property
+    def labels(self) -> list[str]:
+        return self.metadata.labels
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """Encoded image bytes -> ``uint8[H, W, 3]`` model input (raises ``ImageDecodeError``)."""
+        return bytes_to_model_pixels(data, self.metadata.image_size, self.metadata.resize_mode)
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """``uint8[N, H, W, 3]`` -> ``float32[N, C]`` class probabilities."""
+        return self._session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run once per batch size so the first real requests don't pay for allocations."""
+        size = self.metadata.image_size
+        for n in batch_sizes:
+            self.predict(np.zeros((n, size, size, 3), dtype=np.uint8))
+
+    def __repr__(self) -> str:
+        return f"OnnxClassifier(name={self.name!r}, version={self.version!r}, path='{self.path}')"
+
+
+def _read_metadata(session: ort.InferenceSession, path: Path) -> ClassifierMetadata:
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise ModelLoadError(f"{path}: no '{METADATA_KEY}' metadata; not a classifier exported by adapt")
+    try:
+        return ClassifierMetadata.from_json(props[METADATA_KEY])
+    except (ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{path}: invalid '{METADATA_KEY}' metadata ({exc})") from exc
+
+
+def _check_signature(session: ort.InferenceSession, meta: ClassifierMetadata, path: Path) -> None:
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if set(inputs) != {INPUT_NAME} or OUTPUT_NAME not in outputs:
+        raise ModelLoadError(
+            f"{path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}', "
+            f"found inputs {sorted(inputs)} and outputs {sorted(outputs)}"
+        )
+    pixels = inputs[INPUT_NAME]
+    if pixels.type != "tensor(uint8)" or len(pixels.shape) != 4:
+        raise ModelLoadError(
+            f"{path}: input '{INPUT_NAME}' must be uint8[N, H, W, 3], found {pixels.type} {pixels.shape}"
+        )
+    for dim, want in zip(pixels.shape[1:], (meta.image_size, meta.image_size, 3), strict=True):
+        if isinstance(dim, int) and dim != want:  # symbolic dims are accepted as they are
+            raise ModelLoadError(
+                f"{path}: input shape {pixels.shape} does not match image_size {meta.image_size} in the metadata"
+            )
+
+
+def _file_digest(path: Path) -> str:
+    """A short content hash: the version of a model file that records none."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC stubs of ``protos/`` (do not edit; ``python -m services.generate_protos``)."""

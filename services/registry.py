@@ -1,0 +1,157 @@
+"""Where a served model comes from: a local ``.onnx`` file or the MLflow model registry.
+
+A source answers two questions: ``poll()`` -- a cheap token that changes when a new version
+is there (a file's mtime, the version an alias points to) -- and ``fetch(token)`` -- a local
+ONNX file for that token. The server polls every ``--reload-interval`` seconds and hot-reloads
+when the token moves. MLflow is imported only here, lazily, and only for ``models:/`` URIs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+class SourceError(RuntimeError):
+    """The model source cannot be read right now (missing file, unknown alias, registry down)."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A local ONNX file of one model version."""
+
+    path: Path
+    name: str = ""  # name to serve it under ("" = the file's metadata, else its stem)
+    version: str = ""  # version to report ("" = the file's metadata, else a content hash)
+    temporary_dir: Path | None = None  # a download to delete once the model is loaded
+
+    def discard(self) -> None:
+        if self.temporary_dir is not None:
+            shutil.rmtree(self.temporary_dir, ignore_errors=True)
+
+
+class ModelSource(Protocol):
+    """Anything the server can load model versions from (inject a fake one in tests)."""
+
+    uri: str  # shown in ListModels and logs
+    name: str  # selector name; "" = take it from the model file
+    watchable: bool  # False when the source can never change (a pinned registry version)
+
+    def poll(self) -> str: ...
+
+    def fetch(self, token: str) -> Artifact: ...
+
+
+class FileSource:
+    """A local exported model; a new version is a new file renamed over it (new mtime/inode)."""
+
+    watchable = True
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        self.uri = str(self.path)
+        self.name = ""
+
+    def poll(self) -> str:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise SourceError(f"{self.path}: {exc.strerror or exc}") from exc
+        return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+
+    def fetch(self, token: str) -> Artifact:
+        return Artifact(self.path)
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    name: str
+    alias: str = ""
+    version: str = ""
+
+
+def parse_model_uri(uri: str) -> RegistryRef:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> ``RegistryRef`` (``ValueError`` otherwise)."""
+    match = _MODELS_URI.match(uri)
+    if not match:
+        raise ValueError(f"not a registry model URI: {uri!r} (expected models:/NAME@ALIAS or models:/NAME/VERSION)")
+    return RegistryRef(match["name"], match["alias"] or "", match["version"] or "")
+
+
+class RegistrySource:
+    """A registered MLflow model, pinned (``models:/NAME/3``) or following an alias (``models:/NAME@champion``)."""
+
+    def __init__(self, uri: str, tracking_uri: str | None = None):
+        self.ref = parse_model_uri(uri)
+        self.uri = uri
+        self.name = self.ref.name
+        self.watchable = bool(self.ref.alias)
+        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+    def poll(self) -> str:
+        if not self.ref.alias:
+            return self.ref.version
+        from mlflow import MlflowClient
+
+        try:
+            client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            return str(client.get_model_version_by_alias(self.ref.name, self.ref.alias).version)
+        except Exception as exc:  # MlflowException, connection errors, ...
+            raise SourceError(f"{self.uri}: cannot resolve alias ({_first_line(exc)})") from exc
+
+    def fetch(self, token: str) -> Artifact:
+        path, tmp = download_onnx(self.ref.name, token, self.tracking_uri)
+        return Artifact(path, name=self.ref.name, version=token, temporary_dir=tmp)
+
+
+def download_onnx(name: str, version: str, tracking_uri: str) -> tuple[Path, Path]:
+    """Download the artifacts of registered ``name``/``version`` and find the ONNX file in them.
+
+    Returns ``(onnx_path, download_dir)``; the caller deletes ``download_dir`` when done. The
+    exported classifier is ``model.onnx`` somewhere in the version's artifact tree; any single
+    other ``*.onnx`` file is accepted too.
+    """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in server logs
+    import mlflow.artifacts
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"adapt-serve-{name}-v{version}-"))
+    try:
+        root = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}",
+            dst_path=str(tmp),
+            tracking_uri=tracking_uri,
+            registry_uri=tracking_uri,
+        )
+        found = sorted(Path(root).rglob("*.onnx"), key=lambda p: (p.name != "model.onnx", len(p.parts), str(p)))
+        if not found:
+            raise SourceError(f"models:/{name}/{version}: no .onnx file in the model's artifacts")
+        return found[0], tmp
+    except SourceError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SourceError(f"models:/{name}/{version}: cannot download ({_first_line(exc)})") from exc
+
+
+def open_source(uri: str, tracking_uri: str | None = None) -> ModelSource:
+    """The source for a ``--model`` value: ``models:/...`` or a local path."""
+    if uri.startswith("models:/"):
+        return RegistrySource(uri, tracking_uri)
+    return FileSource(uri)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

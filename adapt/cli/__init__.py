@@ -50,9 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
+    """Our own loggers at INFO (WARNING with -q); third-party libraries only warn, unless -vv."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if verbose < 2:  # third-party chatter only when asked for
+    logging.basicConfig(level=level if verbose > 1 else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for ours in ("adapt", "services"):
+        logging.getLogger(ours).setLevel(level)
+    if verbose < 2:
         for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic", "urllib3", "onnxscript", "onnx_ir", "torch.onnx", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 

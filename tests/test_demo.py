@@ -1,0 +1,34 @@
+"""`adapt demo` end to end with a tiny backbone and a few held-out images."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_prints_what_to_do_next(tmp_path):
+    cmd = [sys.executable, "-m", "adapt", "demo", "--backbone", "adapt-tiny", "--pretrained", "none", "--shots", "4",
+           "--max-test-images", "24", "--output-dir", str(tmp_path / "demo")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "classified 24 held-out images through the service" in out
+    acc = float(re.search(r"accuracy ([\d.]+)%", out).group(1))
+    assert 0 <= acc <= 100
+    assert re.search(r"throughput \d+ images/s", out) and re.search(r"latency p50 [\d.]+ ms, p99 [\d.]+ ms", out)
+    assert "registered adapt-demo version 1" in out and "champion" in out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+    assert "adapt serve --model models:/adapt-demo@champion" in out
+    samples = list((tmp_path / "demo" / "sample").iterdir())
+    assert samples and all(p.stat().st_size > 0 for p in samples)
+    assert (tmp_path / "mlflow.db").is_file()  # the embedded store in the working directory
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_model_version_by_alias("adapt-demo", "champion").version == "1"

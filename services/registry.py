@@ -124,15 +124,21 @@ def download_onnx(name: str, version: str, tracking_uri: str) -> tuple[Path, Pat
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in server logs
     import mlflow.artifacts
+    from mlflow import MlflowClient
 
     tmp = Path(tempfile.mkdtemp(prefix=f"adapt-serve-{name}-v{version}-"))
     try:
-        root = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}",
-            dst_path=str(tmp),
-            tracking_uri=tracking_uri,
-            registry_uri=tracking_uri,
-        )
+        # Resolve through a client bound to tracking_uri: `models:/` artifact URIs would go through the
+        # process-wide registry URI instead (and ignore an explicit --tracking-uri).
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        location = client.get_model_version_download_uri(name, version).rstrip("/")
+        try:  # adapt's own models keep the graph at artifacts/model.onnx: fetch just that
+            root = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location}/artifacts/model.onnx", dst_path=str(tmp), tracking_uri=tracking_uri
+            )
+            root = str(Path(root).parent)
+        except Exception:
+            root = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp), tracking_uri=tracking_uri)
         found = sorted(Path(root).rglob("*.onnx"), key=lambda p: (p.name != "model.onnx", len(p.parts), str(p)))
         if not found:
             raise SourceError(f"models:/{name}/{version}: no .onnx file in the model's artifacts")

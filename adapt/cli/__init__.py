@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from adapt import __version__
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(verbose: int, quiet: bool) -> None:
     """Our own loggers at INFO (WARNING with -q); third-party libraries only warn, unless -vv."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # else MLflow installs its own INFO handler
     logging.basicConfig(level=level if verbose > 1 else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for ours in ("adapt", "services"):
         logging.getLogger(ours).setLevel(level)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from adapt.cli.common import add_backbone_options, parse_key_values
+from adapt.cli.tracking_options import add_tracking_options, make_hooks
 
 METHODS = ("zeroshot", "linear", "coop", "lora", "tip-adapter")
 
@@ -48,22 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute frozen features instead of using the cache")
     p.add_argument("--json", action="store_true", help="print the metrics JSON instead of a summary")
     add_backbone_options(p)
-    add_tracking = getattr(_tracking_cli(), "add_tracking_options", None)
-    if add_tracking:
-        add_tracking(p)
+    add_tracking_options(p)
     p.set_defaults(func=run)
-
-
-def _tracking_cli():
-    try:
-        from adapt.cli import tracking_options
-    except ImportError:
-        return None
-    return tracking_options
 
 
 def run(args: argparse.Namespace) -> int:
     from adapt.errors import AdaptError
+
+    hooks = make_hooks(args)  # checks the tracking store in seconds, before heavy imports and any work
     from adapt.retrain import RetrainConfig, run_retrain
 
     try:
@@ -85,19 +79,29 @@ def run(args: argparse.Namespace) -> int:
             strict_images=args.strict,
             progress=not args.quiet,
             use_feature_cache=not args.no_cache,
+            model_name=args.register or "",
         )
     except ValueError as exc:
         raise AdaptError(str(exc)) from exc
-    tracking = _tracking_cli()
-    hooks = tracking.make_hooks(args, cfg) if tracking else None
     try:
         result = run_retrain(cfg, hooks)
     except ValueError as exc:  # config validation inside methods
+        if hooks is not None:
+            hooks.aborted(exc)
         raise AdaptError(str(exc)) from exc
+    except BaseException as exc:
+        if hooks is not None:
+            hooks.aborted(exc)
+        raise
     if args.json:
         print(json.dumps(result.metrics, indent=2, sort_keys=True))
     else:
         print(summary(result))
+    if hooks is not None:
+        for line in hooks.report():
+            print(line, file=sys.stderr if args.json else sys.stdout)
+        if hooks.failure:
+            raise AdaptError(hooks.failure)
     return 0
 
 

@@ -1,0 +1,255 @@
+"""MLflow tracking and registry of ``adapt retrain`` against the embedded sqlite store, as a user sees it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shlex
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serving_fixtures import free_port, image_bytes
+
+from adapt import __version__
+from adapt.cli import main
+from adapt.registry import CHALLENGER, CHAMPION
+
+pytestmark = pytest.mark.integration
+TINY = ["--backbone", "adapt-tiny", "--pretrained", "none"]
+
+
+def cli(*args) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["-q", *map(str, args)])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@dataclass
+class Store:
+    root: Path
+    uri: str
+    runs: list[Path]
+    printed: list[str]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory) -> Path:
+    from conftest import write_brightness_folder
+
+    return write_brightness_folder(tmp_path_factory.mktemp("data") / "parts", per_class=12)
+
+
+@pytest.fixture(scope="module")
+def store(parts, tmp_path_factory) -> Store:
+    """Two retrains registered as 'parts' into the default store of a fresh working directory."""
+    root = tmp_path_factory.mktemp("work")
+    printed = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for out, method in (("run1", ["coop", "--hp", "epochs=3"]), ("run2", ["linear"])):
+            rc, stdout, stderr = cli("retrain", "--data", parts, "--method", *method, "--shots", 4, "--output-dir", out, "--register", "parts", *TINY)
+            assert rc == 0, stderr
+            printed.append(stdout)
+        assert "MLFLOW_TRACKING_URI" not in os.environ  # nothing rewrote the process environment
+    return Store(root, f"sqlite:///{root / 'mlflow.db'}", [root / "run1", root / "run2"], printed)
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def metrics_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_each_retrain_is_one_run_with_params_curves_metrics_and_artifacts(store):
+    assert (store.root / "mlflow.db").is_file() and (store.root / "mlruns").is_dir()  # embedded store, artifacts beside it
+    c = client(store.uri)
+    exp = c.get_experiment_by_name("retrain-parts")
+    runs = {r.data.params["method"]: r for r in c.search_runs([exp.experiment_id])}
+    assert set(runs) == {"coop", "linear"}
+    run, expected = runs["coop"], metrics_of(store.runs[0])
+    assert f"MLflow run: {run.info.run_id}" in store.printed[0]
+    assert f"mlflow ui --backend-store-uri {store.uri}" in store.printed[0]
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["shots"] == "4" and params["seed"] == "1" and params["backbone"] == "adapt-tiny"
+    assert params["dataset_fingerprint"] == expected["dataset_fingerprint"]
+    assert params["backbone_weights"].startswith("random-init:") and params["hp.epochs"] == "3"
+    assert "chosen.best_epoch" in params and "reject_threshold" in params  # known only after fitting
+    assert run.data.tags["adapt.version"] == __version__ and run.data.tags["adapt.host"]
+    assert run.data.metrics["balanced_accuracy"] == pytest.approx(expected["balanced_accuracy"])
+    assert run.data.metrics["accuracy"] == pytest.approx(expected["accuracy"])
+    # per-epoch curves from Lightning landed in the same run
+    val_loss = c.get_metric_history(run.info.run_id, "val_loss")
+    assert len(val_loss) == 3 and len({m.step for m in val_loss}) == 3
+    assert c.get_metric_history(run.info.run_id, "train_loss")
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "confusion_matrix.png", "labels.json"} <= artifacts
+    assert run.outputs.model_outputs  # the exported classifier is logged as the run's model
+
+
+def test_champion_moves_only_to_a_better_model(store):
+    first, second = (metrics_of(d)["balanced_accuracy"] for d in store.runs)
+    assert "registered parts version 1; champion: moved to version 1 because there was no champion" in store.printed[0]
+    c = client(store.uri)
+    aliases = {k: str(v) for k, v in c.get_registered_model("parts").aliases.items()}
+    if second > first:
+        assert "registered parts version 2; champion: moved from version 1 to version 2" in store.printed[1]
+        assert aliases[CHAMPION] == "2"
+    else:
+        assert "registered parts version 2; champion: kept version 1 because balanced_accuracy" in store.printed[1]
+        assert "does not beat" in store.printed[1] and "version 2 is challenger" in store.printed[1]
+        assert aliases == {CHAMPION: "1", CHALLENGER: "2"}
+    tags = c.get_model_version("parts", "2").tags
+    assert float(tags["balanced_accuracy"]) == pytest.approx(second, abs=1e-5)
+    assert tags["dataset_fingerprint"] == metrics_of(store.runs[1])["dataset_fingerprint"]
+    assert tags["adapt.gate.compared_to"] == "1" and tags["adapt.gate.metric"] == "balanced_accuracy"
+
+
+def test_champion_serves_as_pyfunc_and_exports_from_the_registry(store, tmp_path):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from adapt.export import read_metadata
+    from adapt.tracking import download_registered_model
+
+    local = download_registered_model("models:/parts@champion", store.uri)
+    assert local.onnx_path.name == "model.onnx" and local.torch_path.name == "classifier.pt" and local.name == "parts"
+    assert read_metadata(local.onnx_path).model_name == "parts"
+    model_dir = next(p for p in local.onnx_path.parents if (p / "MLmodel").is_file())
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    import base64
+
+    images = [base64.b64encode(image_bytes(level)).decode() for level in (20, 235)]
+    out = model.predict(pd.DataFrame({"image": images}))
+    assert list(out.columns[:3]) == ["label", "probability", "needs_review"]
+    probs = out[["prob_dark", "prob_bright"]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert list(out["label"]) == [["dark", "bright"][i] for i in probs.argmax(axis=1)]
+    assert list(out["probability"]) == pytest.approx(list(probs.max(axis=1)))
+
+    rc, stdout, stderr = cli("export", "--model", "models:/parts@champion", "--tracking-uri", store.uri, "--out", tmp_path / "x.onnx")
+    assert rc == 0, stderr
+    assert (tmp_path / "x.onnx").is_file()
+
+
+def _copy_with(src: Path, dst: Path, **changes) -> Path:
+    shutil.copytree(src, dst)
+    metrics = metrics_of(dst)
+    metrics.update(changes)
+    (dst / "metrics.json").write_text(json.dumps(metrics))
+    return dst
+
+
+def test_gate_refuses_worse_and_incomparable_models(store, tmp_path):
+    good = store.runs[1]
+    value = metrics_of(good)["balanced_accuracy"]
+    worse = _copy_with(good, tmp_path / "worse", balanced_accuracy=value / 2)
+    other = _copy_with(good, tmp_path / "other", balanced_accuracy=1.0, dataset_fingerprint="0000000000000000")
+
+    def log(folder):
+        rc, stdout, stderr = cli("models", "log", folder, "--register", "gate", "--tracking-uri", store.uri)
+        assert rc == 0, stderr
+        return stdout
+
+    assert "champion: moved to version 1 because there was no champion" in log(worse)
+    assert f"champion: moved from version 1 to version 2 because balanced_accuracy {value:.4f} beats {value / 2:.4f}" in log(good)
+    refused = log(worse)
+    assert f"champion: kept version 2 because balanced_accuracy {value / 2:.4f} does not beat {value:.4f}" in refused
+    assert "version 3 is challenger" in refused
+    incomparable = log(other)
+    assert "champion: kept version 2 because it was evaluated on different held-out data" in incomparable
+    assert "adapt models promote gate 4" in incomparable
+    aliases = {k: str(v) for k, v in client(store.uri).get_registered_model("gate").aliases.items()}
+    assert aliases == {CHAMPION: "2", CHALLENGER: "4"}
+
+
+def test_models_list_and_deliberate_promotion(store):
+    rc, table, _ = cli("models", "list", "--tracking-uri", store.uri)
+    assert rc == 0
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["NAME", "VERSION", "ALIASES", "BALANCED_ACCURACY"]
+    rows = {tuple(line.split()[:2]): line for line in lines[1:]}
+    assert ("parts", "1") in rows and ("parts", "2") in rows
+    assert CHAMPION in rows[("parts", "1")] or CHAMPION in rows[("parts", "2")]
+    assert not any("lock" in line for line in lines)
+
+    aliases = {k: str(v) for k, v in client(store.uri).get_registered_model("parts").aliases.items()}
+    target = "1" if aliases[CHAMPION] == "2" else "2"
+    rc, stdout, _ = cli("models", "promote", "parts", target, "--reason", "approved after line trial", "--tracking-uri", store.uri)
+    assert rc == 0
+    assert f"champion: parts version {target} (was version {aliases[CHAMPION]})" in stdout
+    c = client(store.uri)
+    assert str(c.get_registered_model("parts").aliases[CHAMPION]) == target
+    assert "approved after line trial" in c.get_model_version("parts", target).tags["adapt.promoted.champion"]
+    rc, table, _ = cli("models", "list", "parts", "--tracking-uri", store.uri)
+    assert [line.split()[2] for line in table.splitlines()[1:] if line.split()[1] == target] == [CHAMPION]
+
+    rc, _, stderr = cli("models", "promote", "parts", "99", "--tracking-uri", store.uri)
+    assert rc == 1 and len(stderr.strip().splitlines()) == 1 and "version 99" in stderr
+
+
+def test_unreachable_tracking_server_fails_before_any_work(parts, tmp_path, monkeypatch):
+    import adapt.retrain
+
+    monkeypatch.setattr(adapt.retrain, "run_retrain", lambda *a, **k: pytest.fail("trained despite an unreachable server"))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    start = time.monotonic()
+    rc, _, stderr = cli("retrain", "--data", parts, "--shots", 4, "--output-dir", tmp_path / "out",
+                        "--tracking-uri", f"http://127.0.0.1:{free_port()}", "--register", "parts", *TINY)
+    assert rc == 1
+    assert len(stderr.strip().splitlines()) == 1
+    assert "cannot reach MLflow tracking server http://127.0.0.1:" in stderr and "--no-tracking" in stderr
+    assert time.monotonic() - start < 20
+    assert not (tmp_path / "out").exists()
+
+
+def test_tracking_failure_after_training_keeps_results_and_names_the_command_to_log_them(parts, tmp_path, monkeypatch):
+    import adapt.tracking
+    from adapt.tracking import TrackingError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def upload_fails(*args, **kwargs):
+        raise TrackingError("MLflow artifact upload failed at sqlite:///mlflow.db: connection failed ([Errno 111] Connection refused)")
+
+    with monkeypatch.context() as m:
+        m.setattr(adapt.tracking, "log_classifier_model", upload_fails)
+        rc, stdout, stderr = cli("retrain", "--data", parts, "--method", "linear", "--shots", 4, "--output-dir", "out", "--register", "later", *TINY)
+    assert rc == 1
+    assert "balanced accuracy" in stdout  # the summary is still printed
+    reason = stderr.strip().splitlines()[-1]
+    assert "artifact upload failed" in reason and "the model and metrics are in out" in reason
+    assert {"model.onnx", "classifier.pt", "metrics.json", "confusion_matrix.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    c = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (failed,) = c.search_runs([c.get_experiment_by_name("retrain-parts").experiment_id])
+    assert failed.info.status == "FAILED"
+
+    command = shlex.split(reason.split("log them later with: ", 1)[1])
+    assert command[:3] == ["adapt", "models", "log"]
+    rc, stdout, stderr = cli(*command[1:])
+    assert rc == 0, stderr
+    assert "registered later version 1; champion: moved to version 1" in stdout
+    runs = c.search_runs([c.get_experiment_by_name("retrain-parts").experiment_id], filter_string="attributes.status = 'FINISHED'")
+    assert len(runs) == 1 and runs[0].data.tags["adapt.logged_later"] == "true"
+    assert c.get_metric_history(runs[0].info.run_id, "balanced_accuracy")
+
+
+def test_models_list_without_a_store_says_where_it_looked_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rc, _, stderr = cli("models", "list")
+    assert rc == 1 and f"no MLflow store at {tmp_path / 'mlflow.db'}" in stderr
+    assert not (tmp_path / "mlflow.db").exists()

@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between resumable checkpoints (default: 100)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.ckpt")
     p.add_argument("--output-dir", default=None, help="where the checkpoint goes (default: runs/pretrain/<model>-<loss>-<time>)")
+    from adapt.cli.tracking_options import add_tracking_options
+
+    add_tracking_options(p, registry=False)
     p.set_defaults(func=run)
 
 
@@ -97,7 +100,13 @@ def run(args: argparse.Namespace) -> int:
         raise AdaptError(str(exc)) from exc
     if cfg.resume and args.output_dir is None:
         raise AdaptError("--resume needs the --output-dir of the run to continue")
-    result = run_pretrain(cfg)
+    run = _start_tracking(args, cfg)
+    try:
+        result = run_pretrain(cfg, loggers=[run.lightning_logger()] if run else None)
+    except BaseException as exc:
+        if run is not None:
+            run.end_quietly("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     if not result.checkpoint.name:
         return 0  # a non-zero DDP rank
     zs = result.zero_shot
@@ -105,4 +114,44 @@ def run(args: argparse.Namespace) -> int:
     print(f"  zero-shot on held-out synthetic defects: {zs['accuracy']:.1%} over {zs['classes']} classes (chance {zs['chance']:.1%}); good-vs-defect {zs['good_vs_defect_accuracy']:.1%}")
     print(f"  checkpoint: {result.checkpoint}  (config beside it; open_clip.create_model_and_transforms('local-dir:{result.output_dir}') loads it)")
     print(f"  use it:     adapt retrain --backbone {cfg.model} --pretrained {result.checkpoint} --data ...")
+    if run is not None:
+        _finish_tracking(run, result)
     return 0
+
+
+def _start_tracking(args, cfg):
+    """An MLflow run for this pretraining (rank 0 only), after checking the store answers."""
+    import os
+
+    if args.no_tracking or int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0:
+        return None
+    from dataclasses import asdict
+
+    from adapt.tracking import default_experiment, preflight, resolve_tracking_uri, start_run
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    preflight(uri)
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("progress",)}
+    experiment = args.experiment or default_experiment("pretrain", "+".join(cfg.data))
+    return start_run(uri, experiment, f"{cfg.model}-{cfg.loss}", params, command="pretrain")
+
+
+def _finish_tracking(run, result) -> None:
+    from adapt.tracking import TrackingError
+
+    try:
+        zs = result.zero_shot
+        run.log_metrics({
+            "samples_per_s": result.samples_per_s, "train_seconds": result.train_seconds, "final_loss": result.final_loss,
+            "steps": result.steps, "zero_shot_synthetic_accuracy": zs.get("accuracy", float("nan")),
+            "zero_shot_synthetic_good_vs_defect": zs.get("good_vs_defect_accuracy", float("nan")),
+        })
+        for name in ("open_clip_config.json", "pretrain_metrics.json"):
+            if (result.output_dir / name).is_file():
+                run.log_artifact(result.output_dir / name, "checkpoint")
+        run.log_artifact(result.checkpoint, "checkpoint")
+        run.end("FINISHED")
+        print(f"  MLflow run: {run.url}")
+    except TrackingError as exc:
+        run.end_quietly("FAILED")
+        print(f"  MLflow logging failed ({exc}); the checkpoint is in {result.output_dir}")

@@ -142,3 +142,19 @@ def test_elpv_pretraining_source_never_reads_the_test_split():
     assert not {paths[i] for i in train_idx} & test_keys
     caption = src.get(5)[1]
     assert "crystalline" in caption and "defect" not in caption and "crack" not in caption
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(tmp_path):
+    """Lightning DDP (gloo) across two processes; ClipLoss gathers features from both ranks."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "adapt", "pretrain", "--data", "synthetic", "--model", "adapt-tiny", "--synthetic-samples", "128",
+           "--batch-size", "8", "--max-steps", "3", "--num-workers", "0", "--accelerator", "cpu", "--devices", "2",
+           "--strategy", "ddp", "--output-dir", str(out), "--no-tracking"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3 steps of 8 x 2 device(s)" in done.stderr
+    assert "for 3 steps" in done.stdout
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    assert model is not None

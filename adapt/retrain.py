@@ -53,6 +53,7 @@ class RetrainConfig:
     test_fraction: float = 0.25
     strict_images: bool = False  # fail on unreadable images instead of skipping them
     model_name: str = ""  # recorded in the exported metadata
+    include: list[str] = field(default_factory=list)  # extra labelled folders/CSVs for the train pool only (e.g. operator feedback)
     progress: bool = True
     use_feature_cache: bool = True
 
@@ -91,12 +92,32 @@ class RetrainResult:
     timings: dict
 
 
+def _with_extra_training_images(data, include: list[str], strict: bool):
+    """Add labelled images (e.g. the service's feedback store) to the train pool; the test split stays."""
+    from adapt.data.images import DatasetSplits
+    from adapt.data.sources import load_all_images, merge_image_sets
+    from adapt.errors import DataError
+
+    train = data.train
+    for spec in include:
+        extra = load_all_images(spec, strict)
+        unknown = sorted(set(extra.classes) - set(data.classes))
+        if unknown:
+            raise DataError(f"{spec} has label(s) {unknown} that {data.name} does not have (its labels: {list(data.classes)})")
+        logger.info("adding %d labelled image(s) from %s to the training pool", len(extra), spec)
+        train = merge_image_sets(train, extra)
+    if train is data.train:
+        return data
+    return DatasetSplits(data.name, train, data.test, data.descriptions)  # same classes, same order: extras add none
+
+
 def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainResult:
     hooks = hooks or RunHooks()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     method_cfg = make_config(cfg.method, cfg.hparams)  # bad hyper-parameters fail before any work
     data = load_dataset(cfg.data, test_fraction=cfg.test_fraction, strict=cfg.strict_images)
+    data = _with_extra_training_images(data, cfg.include, cfg.strict_images)
     split = few_shot_split(data.train, cfg.shots, cfg.seed, cfg.val_shots)
     logger.info(
         "%s: %d classes, %d train + %d val few-shot images, %d held-out test images",

@@ -118,3 +118,25 @@ def test_help_explains_every_command(capsys):
     text = capsys.readouterr().out
     for command in ("retrain", "eval", "export", "pretrain"):
         assert command in text
+
+
+@pytest.mark.e2e
+def test_feedback_store_joins_the_training_pool_only(parts, tmp_path, capsys):
+    """`adapt serve` stores operator feedback as <label>/<id>.png + feedback.csv; --include adds it."""
+    from conftest import write_brightness_folder
+
+    feedback = write_brightness_folder(tmp_path / "feedback", per_class=3, seed=9)
+    (feedback / "feedback.csv").write_text("path,label\n")
+    out = tmp_path / "run"
+    assert main(["-q", "retrain", "--data", str(parts), "--method", "linear", "--shots", "12", "--include", str(feedback),
+                 "--output-dir", str(out)] + _tiny(TINY)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 7  # the held-out split is the data's own
+    run = json.loads((out / "run.json").read_text())
+    assert run["params"]["shots"] == 12  # 10 train-pool images per class + 3 from feedback >= 12
+    (feedback / "weird").mkdir()
+    (feedback / "dark" / "dark_000.png").rename(feedback / "weird" / "x.png")
+    capsys.readouterr()
+    assert main(["-q", "retrain", "--data", str(parts), "--method", "linear", "--shots", "4", "--include", str(feedback),
+                 "--output-dir", str(tmp_path / "run2")] + _tiny(TINY)) == 1
+    assert "label(s) ['weird']" in capsys.readouterr().err

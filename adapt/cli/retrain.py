@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="method hyper-parameter (repeatable; see below)")
     p.add_argument("--describe", action="append", metavar="CLASS=WORDS", help="words for a class in prompts, e.g. --describe 'crack=cracked surface'")
     p.add_argument("--output-dir", default=None, help="where model.onnx, metrics.json, confusion_matrix.png go (default: runs/retrain/<name>)")
+    p.add_argument("--include", action="append", metavar="DIR|CSV", default=[],
+                   help="more labelled images for the training pool only (repeatable), e.g. the feedback folder of `adapt serve`")
     p.add_argument("--test-fraction", type=float, default=0.25, help="held-out share when the data has no test split (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them with a warning")
     p.add_argument("--review-accuracy", type=float, default=0.95, help="reject threshold: lowest confidence at which accepted validation predictions reach this accuracy (default: %(default)s)")
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             reject_threshold=args.reject_threshold,
             test_fraction=args.test_fraction,
             strict_images=args.strict,
+            include=args.include,
             progress=not args.quiet,
             use_feature_cache=not args.no_cache,
             model_name=args.register or "",

@@ -64,6 +64,38 @@ def load_dataset(
     return splits
 
 
+def load_all_images(spec: str | Path, strict: bool = False) -> ImageSet:
+    """Every labelled image of a folder or CSV (no held-out split), e.g. an operator-feedback store."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"extra training data not found: {spec}")
+    if path.is_dir():
+        labelled = _scan_labels(path)
+        if not labelled:
+            raise DataError(f"no labelled images in {path} (expected {path}/<label>/*.png)")
+        images = _from_files(labelled, tuple(sorted(labelled)), path)
+    elif path.suffix.lower() == ".csv":
+        splits = _load_csv(path, test_fraction=0.5)
+        images = merge_image_sets(splits.train, splits.test)
+    else:
+        raise DataError(f"{path} is neither a folder nor a .csv manifest")
+    return _drop_unreadable(images, strict)
+
+
+def merge_image_sets(first: ImageSet, second: ImageSet) -> ImageSet:
+    """One set of file images from two (keys become absolute paths); classes are the union."""
+    for images in (first, second):
+        if not Path(images.root).is_dir():
+            raise DataError(f"only file-based datasets can be merged, not {images.root}")
+    classes = tuple(dict.fromkeys((*first.classes, *second.classes)))
+    keys, labels = [], []
+    for images in (first, second):
+        remap = np.array([classes.index(c) for c in images.classes])
+        keys += [str((Path(images.root) / k).resolve()) for k in images.keys]
+        labels += remap[images.labels].tolist() if len(images) else []
+    return ImageSet(tuple(keys), np.array(labels, dtype=np.int64), classes, root="/")
+
+
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 

@@ -42,6 +42,9 @@ class PretrainConfig:
     warmup_steps: int = 50
     synthetic_samples: int = 20000  # synthetic pairs per epoch
     domain_repeat: int = 1  # how many times the in-domain images appear per epoch
+    ssl_data: list[str] = field(default_factory=list)  # image-only sources for the self-supervised term (e.g. elpv)
+    ssl_weight: float = 1.0  # weight of the self-supervised term when ssl_data is given
+    ssl_batch_size: int = 32  # images per step for the self-supervised term (two views each)
     seed: int = 0
     num_workers: int = 1  # data-loader worker processes
     accelerator: str = "auto"
@@ -163,12 +166,24 @@ def run_pretrain(cfg: PretrainConfig, loggers: list | None = None) -> PretrainRe
     )
     if len(loader) == 0:
         raise AdaptError(f"{len(dataset)} pretraining pairs is fewer than one batch of {cfg.batch_size}")
+    ssl_weight = cfg.ssl_weight if cfg.ssl_data else 0.0
+    if ssl_weight > 0:
+        from lightning.pytorch.utilities import CombinedLoader
+
+        from adapt.data.captions import TwoViews
+
+        ssl_sources = resolve_sources(cfg.ssl_data, synthetic_samples=cfg.synthetic_samples, seed=cfg.seed + 7, image_size=image_size)
+        views = DataLoader(TwoViews(ssl_sources, image_size), batch_size=cfg.ssl_batch_size, shuffle=True, drop_last=True,
+                           num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+        train_data = CombinedLoader({"clip": loader, "ssl": views}, mode="max_size_cycle")
+    else:
+        train_data = loader
     world = _world_size(cfg)
     steps_per_epoch = max(1, len(loader) // world)
     total = cfg.epochs * steps_per_epoch if cfg.max_steps < 0 else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     module = ContrastivePretraining(
         model, loss=cfg.loss, mean=pp["mean"], std=pp["std"], lr=cfg.lr, weight_decay=cfg.weight_decay,
-        warmup_steps=min(cfg.warmup_steps, max(1, total // 10)), total_steps=total,
+        warmup_steps=min(cfg.warmup_steps, max(1, total // 10)), total_steps=total, ssl_weight=ssl_weight,
     )
     out = cfg.output_dir
     ckpt_dir = out / CKPT_DIR
@@ -200,12 +215,13 @@ def run_pretrain(cfg: PretrainConfig, loggers: list | None = None) -> PretrainRe
         ckpt_path = str(last)
         logger.info("resuming from %s", last)
     logger.info(
-        "pretraining %s (%s loss) on %s: %d pairs, %d steps of %d x %d device(s)",
-        cfg.model, cfg.loss, " + ".join(s.name for s in sources), len(dataset), total, cfg.batch_size, world,
+        "pretraining %s (%s loss%s) on %s: %d pairs, %d steps of %d x %d device(s)",
+        cfg.model, cfg.loss, f" + {ssl_weight:g} x self-supervised on {', '.join(cfg.ssl_data)}" if ssl_weight else "",
+        " + ".join(s.name for s in sources), len(dataset), total, cfg.batch_size, world,
     )
     start_step = 0
     t0 = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    trainer.fit(module, train_data, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - t0
     steps = trainer.global_step
     if ckpt_path:

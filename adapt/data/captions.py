@@ -1,13 +1,15 @@
 """Image-caption sources for contrastive pretraining.
 
 - ``synthetic``: the procedural generator, rendered on the fly (``adapt.data.synthetic``);
+  ``synthetic-solar``: only its electroluminescence-like solar cells;
 - a manifest: CSV or JSONL with ``image,caption`` (image paths relative to the manifest),
   validated up front so a bad row is reported by its line number before any training;
 - ``elpv``: the ELPV *train pool* without its labels, captioned from metadata (module type)
   only, for domain-adaptive pretraining. The ELPV test split is never read here.
 
 Every source yields ``(PIL.Image, caption)``; ``CaptionDataset`` turns them into augmented
-uint8 pixels and token ids for the training loop.
+uint8 pixels and token ids for the training loop, ``TwoViews`` into two augmented views of
+the image alone (captions unused) for the self-supervised term.
 """
 
 from __future__ import annotations
@@ -48,16 +50,19 @@ class CaptionSource:
     get: Callable[[int], tuple[Image.Image, str]]
 
 
-def synthetic_source(n: int, seed: int, image_size: int) -> CaptionSource:
+def synthetic_source(n: int, seed: int, image_size: int, surfaces: Sequence[str] | None = None) -> CaptionSource:
+    """``n`` generated pairs; ``surfaces`` restricts (and cycles through) the surface families."""
     from adapt.data import synthetic
 
     render_size = max(image_size, 64)
+    cycle = tuple(surfaces) if surfaces else None
 
     def get(i: int):
-        s = synthetic.render_sample(seed, i, render_size)
+        s = synthetic.render_sample(seed, i, render_size, surface=cycle[i % len(cycle)] if cycle else None)
         return s.image, s.caption
 
-    return CaptionSource(f"synthetic(n={n},seed={seed})", n, get)
+    label = f",surfaces={'+'.join(cycle)}" if cycle else ""
+    return CaptionSource(f"synthetic(n={n},seed={seed}{label})", n, get)
 
 
 def elpv_unlabeled_source(repeat: int = 1) -> CaptionSource:
@@ -136,6 +141,10 @@ def resolve_sources(specs: Sequence[str], *, synthetic_samples: int, seed: int, 
         key = spec.strip().lower()
         if key == "synthetic":
             sources.append(synthetic_source(synthetic_samples, seed, image_size))
+        elif key == "synthetic-solar":  # electroluminescence-like solar cells only
+            from adapt.data.synthetic import EL_SURFACES
+
+            sources.append(synthetic_source(synthetic_samples, seed + 1, image_size, sorted(EL_SURFACES)))
         elif key == "elpv":
             sources.append(elpv_unlabeled_source(domain_repeat))
         elif key:
@@ -167,6 +176,35 @@ class CaptionDataset(Dataset):
             img = _random_crop(img, np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)))))
         pixels = torch.from_numpy(to_model_pixels(img, self.image_size))
         return pixels, self.tokenizer([caption])[0]
+
+
+class TwoViews(Dataset):
+    """Image-only data for the self-supervised (SimCLR / SLIP) term: two augmented views per image."""
+
+    def __init__(self, sources: Sequence[CaptionSource], image_size: int) -> None:
+        from torchvision.transforms import v2
+
+        self.sources = list(sources)
+        self.offsets = np.cumsum([0] + [s.n for s in self.sources])
+        self.image_size = image_size
+        self.augment = v2.Compose(
+            [
+                v2.RandomResizedCrop(image_size, scale=(0.35, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.RandomVerticalFlip(),
+                v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
+                v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int):
+        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        img, _ = self.sources[k].get(i - int(self.offsets[k]))
+        base = torch.from_numpy(to_model_pixels(img, max(self.image_size, min(img.size)))).permute(2, 0, 1)
+        return tuple(self.augment(base).permute(1, 2, 0).contiguous() for _ in range(2))
 
 
 def _random_crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -5,6 +5,10 @@ features across ranks with gradients and computes the local loss, as open_clip's
 so the batch seen by the loss grows with the number of devices. AdamW without weight decay on
 gains, biases, embeddings and temperature; linear warmup then cosine decay; the temperature
 is clamped to 100 after each step.
+
+With ``ssl_weight > 0`` a SLIP-style self-supervised term is added: two augmented views of
+image-only (e.g. unlabeled in-domain) images, InfoNCE between them through a small projection
+head that is not part of the saved model. Batches are then ``{"clip": ..., "ssl": ...}``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class ContrastivePretraining(L.LightningModule):
         weight_decay: float = 0.1,
         warmup_steps: int = 100,
         total_steps: int = 1000,
+        ssl_weight: float = 0.0,
+        ssl_temperature: float = 0.1,
     ) -> None:
         super().__init__()
         if loss not in ("clip", "siglip"):
@@ -41,6 +47,12 @@ class ContrastivePretraining(L.LightningModule):
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.total_steps = warmup_steps, max(total_steps, 1)
         self.loss_fn = None
+        self.ssl_weight, self.ssl_temperature = ssl_weight, ssl_temperature
+        if ssl_weight > 0:
+            dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None else model.visual.output_dim
+            self.ssl_head = torch.nn.Sequential(
+                torch.nn.Linear(dim, 512), torch.nn.BatchNorm1d(512), torch.nn.ReLU(inplace=True), torch.nn.Linear(512, 128)
+            )
 
     def setup(self, stage: str) -> None:
         trainer = self._trainer  # None when used outside a Trainer (e.g. to measure a loss)
@@ -51,7 +63,28 @@ class ContrastivePretraining(L.LightningModule):
             self.loss_fn = SigLipLoss(rank=rank, world_size=world)
 
     def training_step(self, batch, _):
-        pixels, tokens = batch
+        if isinstance(batch, dict):
+            loss = self._clip_step(*batch["clip"])
+            if self.ssl_weight > 0 and batch.get("ssl") is not None:
+                ssl = self._ssl_step(*batch["ssl"])
+                self.log("ssl_loss", ssl, on_step=True, on_epoch=True, batch_size=len(batch["ssl"][0]))
+                loss = loss + self.ssl_weight * ssl
+            self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["clip"][1]))
+            return loss
+        loss = self._clip_step(*batch)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[1]))
+        return loss
+
+    def _ssl_step(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        feats = self.model.encode_image(self.normalize(torch.cat([view1, view2])))
+        z = torch.nn.functional.normalize(self.ssl_head(feats.float()), dim=-1)
+        n = len(view1)
+        sim = z @ z.T / self.ssl_temperature
+        sim.fill_diagonal_(float("-inf"))
+        targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
+        return torch.nn.functional.cross_entropy(sim, targets)
+
+    def _clip_step(self, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         out = self.model(self.normalize(pixels), tokens)
         if isinstance(out, dict):
             img, txt, scale, bias = out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
@@ -59,7 +92,7 @@ class ContrastivePretraining(L.LightningModule):
             img, txt, scale, *rest = out
             bias = rest[0] if rest else None
         loss = self.loss_fn(img, txt, scale, bias) if self.loss_name == "siglip" else self.loss_fn(img, txt, scale)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(tokens), sync_dist=False)
+        self.log("clip_loss", loss, on_step=True, on_epoch=True, batch_size=len(tokens))
         self.log("logit_scale", scale.detach(), on_step=True, on_epoch=False, batch_size=len(tokens))
         return loss
 
@@ -69,7 +102,7 @@ class ContrastivePretraining(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name

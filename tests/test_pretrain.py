@@ -158,3 +158,11 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert "for 3 steps" in done.stdout
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
     assert model is not None
+
+
+@pytest.mark.integration
+def test_self_supervised_term_trains_alongside_clip(tmp_path):
+    result = run_pretrain(_cfg(tmp_path, max_steps=2, ssl_data=["synthetic"], ssl_batch_size=8))
+    assert result.steps == 2 and torch.isfinite(torch.tensor(result.final_loss))
+    state = torch.load(result.checkpoint, weights_only=True)
+    assert not any(k.startswith("ssl_head") for k in state)  # the SSL head is not part of the open_clip model

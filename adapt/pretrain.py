@@ -141,7 +141,16 @@ def _model(cfg: PretrainConfig):
     return model, model_cfg
 
 
-def run_pretrain(cfg: PretrainConfig, loggers: list | None = None) -> PretrainResult:
+def run_pretrain(cfg: PretrainConfig, loggers: list | None = None, callbacks: list | None = None) -> PretrainResult:
+    """Pretrain as ``cfg`` says; ``loggers``/``callbacks`` go to the Lightning Trainer."""
+    threads = torch.get_num_threads()
+    try:
+        return _run_pretrain(cfg, loggers, callbacks)
+    finally:
+        torch.set_num_threads(threads)  # _share_cpu_with_workers may have lowered it
+
+
+def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | None) -> PretrainResult:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
@@ -201,7 +210,7 @@ def run_pretrain(cfg: PretrainConfig, loggers: list | None = None) -> PretrainRe
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         gradient_clip_val=1.0,
         logger=loggers or False,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, *(callbacks or [])],
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,
         log_every_n_steps=10,

@@ -102,14 +102,10 @@ class PromptLearner(nn.Module):
         return self.scale * features @ self.class_embeddings().T
 
 
-def fit_coop(ctx: AdaptContext, cfg: CoOpConfig | None = None) -> FitResult:
+def _train(learner, train, y_train, val, y_val, cfg: CoOpConfig, ctx: AdaptContext):
     from adapt.training.supervised import train_classifier
 
-    cfg = cfg or CoOpConfig()
-    train, y_train, val, y_val = frozen_features(ctx)
-    b = ctx.backbone
-    learner = PromptLearner(b.model, b.tokenizer, ctx.classes, ctx.descriptions, cfg, logit_scale(ctx))
-    result = train_classifier(
+    return train_classifier(
         learner,
         (train, y_train),
         (val, y_val),
@@ -118,6 +114,19 @@ def fit_coop(ctx: AdaptContext, cfg: CoOpConfig | None = None) -> FitResult:
         progress=ctx.progress,
         seed=ctx.seed,
     )
+
+
+def fit_coop(ctx: AdaptContext, cfg: CoOpConfig | None = None) -> FitResult:
+    cfg = cfg or CoOpConfig()
+    train, y_train, val, y_val = frozen_features(ctx)
+    b = ctx.backbone
+    flags = {name: p.requires_grad for name, p in b.model.named_parameters()}
+    learner = PromptLearner(b.model, b.tokenizer, ctx.classes, ctx.descriptions, cfg, logit_scale(ctx))
+    try:
+        result = _train(learner, train, y_train, val, y_val, cfg, ctx)
+    finally:  # the text tower is the shared backbone's: leave it as it was
+        for name, p in b.model.named_parameters():
+            p.requires_grad_(flags[name])
     learner.eval()
     with torch.no_grad():
         weights = learner.class_embeddings()

@@ -9,7 +9,6 @@ best epoch is chosen on validation, and alpha/beta are searched again.
 from __future__ import annotations
 
 import copy
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,16 +34,23 @@ class TipAdapterConfig:
 
 
 def _search(head: TipAdapterHead, cfg: TipAdapterConfig, val, y_val, ctx: AdaptContext) -> tuple[float, float]:
-    best, step = None, 0
+    """Grid search of (alpha, beta) on the validation features; the affinities are computed once."""
     y = y_val.numpy()
-    for alpha, beta in itertools.product(cfg.alpha_grid, cfg.beta_grid):
-        head.alpha, head.beta = float(alpha), float(beta)
-        with torch.no_grad():
-            probs = torch.softmax(head(val), dim=-1).numpy()
-        score = selection_score(probs, y)
-        if best is None or score > best[0]:
-            best = (score, alpha, beta)
-        step += 1
+    with torch.no_grad():
+        zero_shot = (head.logit_scale * val @ head.text_weight.T).numpy()
+        affinity = (val @ head.keys.T).numpy()
+    values = head.values.numpy()
+    best = None
+    for beta in cfg.beta_grid:
+        cache = np.exp(-beta * (1.0 - affinity)) @ values
+        for alpha in cfg.alpha_grid:
+            logits = zero_shot + alpha * cache
+            logits -= logits.max(axis=1, keepdims=True)
+            probs = np.exp(logits)
+            probs /= probs.sum(axis=1, keepdims=True)
+            score = selection_score(probs, y)
+            if best is None or score > best[0]:
+                best = (score, alpha, beta)
     ctx.report({"val_balanced_accuracy": best[0][0], "alpha": best[1], "beta": best[2]}, 0)
     return float(best[1]), float(best[2])
 

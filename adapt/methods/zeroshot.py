@@ -9,7 +9,8 @@ import torch
 
 from adapt.classifier import CosineHead, ImageClassifier
 from adapt.methods.base import AdaptContext, FitResult, Method
-from adapt.methods.frozen import class_embeddings, frozen_features, logit_scale
+from adapt.features import cached_features
+from adapt.methods.frozen import class_embeddings, logit_scale
 
 
 @dataclass
@@ -20,9 +21,11 @@ class ZeroShotConfig:
 def fit_zeroshot(ctx: AdaptContext, cfg: ZeroShotConfig | None = None) -> FitResult:
     weights = class_embeddings(ctx)
     head = CosineHead(weights, logit_scale(ctx))
-    _, _, val, _ = frozen_features(ctx)
-    with torch.no_grad():
-        val_probs = torch.softmax(head(val), dim=-1).numpy() if len(val) else None
+    val_probs = None
+    if len(ctx.split.val):  # only for choosing the reject threshold
+        val = cached_features(ctx.backbone, ctx.split.val, device=ctx.device, progress=ctx.progress, use_cache=ctx.use_feature_cache)
+        with torch.no_grad():
+            val_probs = torch.softmax(head(val), dim=-1).numpy()
     info = ctx.info(Method.ZEROSHOT, {"descriptions": dict(ctx.descriptions)})
     clf = ImageClassifier(copy.deepcopy(ctx.backbone.model.visual), head, info).eval()
     return FitResult(clf, params={"logit_scale": head.logit_scale}, val_probabilities=val_probs)

@@ -150,7 +150,6 @@ def train_classifier(
         gradient_clip_val=cfg.grad_clip or None,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
-        deterministic="warn",
     )
     trainer.fit(module, train_loader, val_loader)
     if best.best_state is not None:

@@ -10,7 +10,6 @@ import logging
 import os
 from pathlib import Path
 
-from adapt.errors import BackboneError
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +26,26 @@ def default_checkpoint(arch: str) -> Path:
     path = default_dir(arch) / CHECKPOINT_NAME
     if path.is_file():
         return path
-    try:
-        from adapt.pretrain import build_default_backbone
-    except ImportError as exc:
-        raise BackboneError(
-            f"no default backbone for {arch} at {path} and this build cannot pretrain one; "
-            f"pass --pretrained none, a checkpoint file, or an open_clip tag"
-        ) from exc
-    logger.warning("no default %s backbone cached at %s: pretraining it now (one time)", arch, path.parent)
-    return build_default_backbone(arch, path.parent)
+    import fcntl
+
+    from adapt.pretrain import build_default_backbone
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".build.lock", "w") as lock:
+        if path.is_file():
+            return path
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("another process is building the default %s backbone in %s; waiting for it", arch, path.parent)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.is_file():
+                return path
+        logger.warning(
+            "no default %s backbone cached at %s: pretraining it now, once (about 15 minutes on 2 CPU cores)", arch, path.parent
+        )
+        try:
+            return build_default_backbone(arch, path.parent)
+        except KeyboardInterrupt:
+            logger.warning("interrupted: the next run continues the build from its last checkpoint")
+            raise

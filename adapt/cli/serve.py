@@ -80,6 +80,12 @@ def register(subparsers) -> None:
         help="ONNX Runtime threads per inference; 0 = its default, one per core (default: %(default)s)",
     )
     g.add_argument(
+        "--ort-spin",
+        action="store_true",
+        help="let idle ONNX Runtime threads busy-wait for work (lower latency on dedicated cores; "
+        "off by default because it starves the request threads that decode images on shared cores)",
+    )
+    g.add_argument(
         "--max-message-mb",
         type=float,
         default=32.0,
@@ -171,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
             batching=BatchingConfig(args.max_batch_size, args.max_queue_delay_ms, args.max_queue),
             workers=args.workers,
             intra_op_threads=args.intra_op_threads,
+            ort_spin_wait=args.ort_spin,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,

@@ -31,4 +31,4 @@ def test_demo_runs_end_to_end_and_prints_what_to_do_next(tmp_path):
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert client.get_model_version_by_alias("adapt-demo", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("adapt-demo", "champion").version) == "1"

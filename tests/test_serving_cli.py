@@ -125,7 +125,7 @@ def test_watch_classifies_files_as_they_land_until_ctrl_c(server, tmp_path):
             with open(out_csv, newline="") as fh:
                 rows = list(csv.DictReader(fh))
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=45) == 0  # generous: CI machines are busy
     finally:
         if proc.poll() is None:
             proc.kill()

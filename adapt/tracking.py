@@ -202,7 +202,7 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
             location = (db.expanduser().resolve().parent / "mlruns" / slug).as_uri()
         try:
             return client.create_experiment(name, artifact_location=location)
-        except MlflowException as exc:  # created concurrently by another run
+        except MlflowException:  # created concurrently by another run
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise

@@ -40,7 +40,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
-from machine import CpuWatch, load_average, machine_facts, peak_rss_mb, quietness_warnings  # this folder is sys.path[0]
+from machine import CpuWatch, command_line, load_average, machine_facts, peak_rss_mb, quietness_warnings  # this folder is sys.path[0]
 
 logger = logging.getLogger("bench_cost")
 
@@ -410,9 +409,7 @@ def main(argv=None) -> None:
         worker_main(args)
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    script = os.path.relpath(__file__, Path.cwd())
-    words = [script if not script.startswith("..") else str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:])]
-    command = "python " + " ".join(shlex.quote(w) for w in words)
+    command = command_line(__file__, argv)
     env = check_backbone_available(args.backbone, args.pretrained)
     warm_page_cache()
     machine = machine_facts(REPO)

@@ -130,3 +130,13 @@ def quietness_warnings(watch: dict) -> list[str]:
     if watch["other_cores"] > FOREIGN_WARNING:
         out.append(f"other processes used {watch['other_cores']:.2f} of {cores()} cores on average during the run")
     return out
+
+
+def command_line(script_file: str, argv: list[str] | None) -> str:
+    """The command that reproduces this run, as the user would type it from the working directory."""
+    import shlex
+    import sys
+
+    script = os.path.relpath(script_file, Path.cwd())
+    words = [script if not script.startswith("..") else str(Path(script_file).resolve()), *(argv if argv is not None else sys.argv[1:])]
+    return "python " + " ".join(shlex.quote(w) for w in words)

@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -382,9 +381,7 @@ def main(argv=None) -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     machine = _machine()
-    script = os.path.relpath(__file__, Path.cwd())
-    words = [script if not script.startswith("..") else str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:])]
-    command = "python " + " ".join(shlex.quote(w) for w in words)
+    command = machine.command_line(__file__, argv)
     base = {"model": args.model, "batch_size": args.batch_size, "steps": args.steps, "skip": args.warmup_steps_excluded,
             "workers": args.workers, "samples": (args.steps + 2) * args.batch_size}
     facts = machine.machine_facts(REPO)

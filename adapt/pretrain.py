@@ -45,6 +45,7 @@ class PretrainConfig:
     ssl_data: list[str] = field(default_factory=list)  # image-only sources for the self-supervised term (e.g. elpv)
     ssl_weight: float = 1.0  # weight of the self-supervised term when ssl_data is given
     ssl_batch_size: int = 32  # images per step for the self-supervised term (two views each)
+    vision_lr_scale: float = 1.0  # learning-rate factor of the image tower (0.1: stays near its initialisation)
     seed: int = 0
     num_workers: int = 1  # data-loader worker processes
     accelerator: str = "auto"
@@ -193,6 +194,7 @@ def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | N
     module = ContrastivePretraining(
         model, loss=cfg.loss, mean=pp["mean"], std=pp["std"], lr=cfg.lr, weight_decay=cfg.weight_decay,
         warmup_steps=min(cfg.warmup_steps, max(1, total // 10)), total_steps=total, ssl_weight=ssl_weight,
+        vision_lr_scale=cfg.vision_lr_scale,
     )
     out = cfg.output_dir
     ckpt_dir = out / CKPT_DIR

@@ -166,3 +166,19 @@ def test_self_supervised_term_trains_alongside_clip(tmp_path):
     assert result.steps == 2 and torch.isfinite(torch.tensor(result.final_loss))
     state = torch.load(result.checkpoint, weights_only=True)
     assert not any(k.startswith("ssl_head") for k in state)  # the SSL head is not part of the open_clip model
+
+
+@pytest.mark.unit
+def test_image_tower_learning_rate_can_be_scaled():
+    from adapt.training.pretrain import ContrastivePretraining
+
+    model = open_clip.create_model("adapt-tiny", output_dict=True)
+    module = ContrastivePretraining(model, lr=1e-3, vision_lr_scale=0.1)
+    opt = module.configure_optimizers()["optimizer"]
+    visual = {id(p) for p in model.visual.parameters()}
+    for group in opt.param_groups:
+        is_visual = {id(p) in visual for p in group["params"]}
+        assert len(is_visual) == 1
+        assert group["initial_lr"] == pytest.approx(1e-4 if is_visual.pop() else 1e-3)  # before the warmup factor
+        assert group["weight_decay"] in (0.0, 0.1)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len([p for p in model.parameters() if p.requires_grad])

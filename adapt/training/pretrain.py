@@ -36,6 +36,7 @@ class ContrastivePretraining(L.LightningModule):
         total_steps: int = 1000,
         ssl_weight: float = 0.0,
         ssl_temperature: float = 0.1,
+        vision_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if loss not in ("clip", "siglip"):
@@ -48,6 +49,7 @@ class ContrastivePretraining(L.LightningModule):
         self.warmup_steps, self.total_steps = warmup_steps, max(total_steps, 1)
         self.loss_fn = None
         self.ssl_weight, self.ssl_temperature = ssl_weight, ssl_temperature
+        self.vision_lr_scale = vision_lr_scale  # < 1 keeps the image tower near its initialisation (LiT-like)
         if ssl_weight > 0:
             dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None else model.visual.output_dim
             self.ssl_head = torch.nn.Sequential(
@@ -101,14 +103,21 @@ class ContrastivePretraining(L.LightningModule):
             self.model.logit_scale.clamp_(0, math.log(100))
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
+        groups: dict[tuple[bool, bool], list] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
-            (no_decay if exclude else decay).append(p)
+            groups.setdefault((name.startswith("model.visual."), exclude), []).append(p)
         opt = torch.optim.AdamW(
-            [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": self.weight_decay}],
+            [
+                {
+                    "params": params,
+                    "weight_decay": 0.0 if exclude else self.weight_decay,
+                    "lr": self.lr * (self.vision_lr_scale if visual else 1.0),
+                }
+                for (visual, exclude), params in groups.items()
+            ],
             lr=self.lr,
             betas=(0.9, 0.98),
             eps=1e-6,

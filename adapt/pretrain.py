@@ -45,7 +45,7 @@ class PretrainConfig:
     ssl_data: list[str] = field(default_factory=list)  # image-only sources for the self-supervised term (e.g. elpv)
     ssl_weight: float = 1.0  # weight of the self-supervised term when ssl_data is given
     ssl_batch_size: int = 32  # images per step for the self-supervised term (two views each)
-    vision_lr_scale: float = 1.0  # learning-rate factor of the image tower (0.1: stays near its initialisation)
+    vision_lr_scale: float = 1.0  # learning-rate factor of the image tower; 0 locks it (LiT)
     seed: int = 0
     num_workers: int = 1  # data-loader worker processes
     accelerator: str = "auto"

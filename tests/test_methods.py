@@ -85,14 +85,40 @@ def test_hyper_parameters_are_parsed_and_validated():
 
 
 @pytest.mark.integration
-def test_lora_trains_adapters_and_merges_them(context):
+@pytest.mark.parametrize("head", ["linear-probe", "text"])
+def test_lora_merges_its_adapters_without_changing_the_function(head, context):
+    from adapt.features import load_pixels
+
     data, ctx = context
     before = {k: v.clone() for k, v in ctx.backbone.model.visual.state_dict().items()}
-    result = fit(Method.LORA, ctx, make_config(Method.LORA, {"epochs": "3", "towers": "vision"}))
-    after = result.classifier.visual.state_dict()
-    assert set(after) == set(before)  # merged: plain module names, no lora_ params left
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert any("attn" in k for k in changed) and any("c_fc" in k for k in changed)
+    result = fit(Method.LORA, ctx, make_config(Method.LORA, {"epochs": "3", "head": head, "lr": "5e-3"}))
+    clf = result.classifier
+    after = clf.visual.state_dict()
+    assert set(after) == set(before)  # merged: plain module names, no lora_ parameters left
     assert result.params["trainable_parameters"] > 0
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    if result.params["best_epoch"] >= 0:  # a trained epoch won on validation: its adapters are in the weights
+        assert any("attn" in k for k in changed) and any("c_fc" in k for k in changed)
+    # the merged, exported-to-be classifier computes what the adapted network computed
+    with torch.no_grad():
+        merged = clf(load_pixels(ctx.split.val, 32, progress=False)).numpy()
+    np.testing.assert_allclose(merged, result.val_probabilities, atol=1e-5)
     # the backbone the context holds is untouched
     assert all(torch.equal(v, ctx.backbone.model.visual.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.unit
+def test_training_keeps_the_start_when_no_epoch_beats_it_on_validation():
+    from adapt.training.supervised import TrainConfig, train_classifier
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 4)
+    y = (x[:, 0] > 0).long()
+    net = torch.nn.Linear(4, 2)
+    with torch.no_grad():  # start at a perfect separator
+        net.weight.copy_(torch.tensor([[-5.0, 0, 0, 0], [5.0, 0, 0, 0]]))
+        net.bias.zero_()
+    start = net.weight.clone()
+    # training on shuffled labels can only hurt validation: the starting weights must come back
+    result = train_classifier(net, (x, y[torch.randperm(40)]), (x, y), TrainConfig(epochs=3, lr=0.5, patience=5), progress=False)
+    assert result.best_epoch == -1 and torch.equal(net.weight, start)

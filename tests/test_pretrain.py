@@ -175,10 +175,13 @@ def test_image_tower_learning_rate_can_be_scaled():
     model = open_clip.create_model("adapt-tiny", output_dict=True)
     module = ContrastivePretraining(model, lr=1e-3, vision_lr_scale=0.1)
     opt = module.configure_optimizers()["optimizer"]
-    visual = {id(p) for p in model.visual.parameters()}
+    visual = {id(p) for n, p in model.visual.named_parameters() if n not in ("proj", "ln_post.weight", "ln_post.bias")}
     for group in opt.param_groups:
         is_visual = {id(p) in visual for p in group["params"]}
         assert len(is_visual) == 1
         assert group["initial_lr"] == pytest.approx(1e-4 if is_visual.pop() else 1e-3)  # before the warmup factor
         assert group["weight_decay"] in (0.0, 0.1)
     assert sum(len(g["params"]) for g in opt.param_groups) == len([p for p in model.parameters() if p.requires_grad])
+    locked = ContrastivePretraining(open_clip.create_model("adapt-tiny", output_dict=True), vision_lr_scale=0.0)
+    trainable = {n for n, p in locked.model.visual.named_parameters() if p.requires_grad}
+    assert trainable == {"proj", "ln_post.weight", "ln_post.bias"}

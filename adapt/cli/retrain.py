@@ -20,7 +20,8 @@ examples:
 hyper-parameters (--hp KEY=VALUE) per method:
   linear       c_grid, max_iter
   coop         n_ctx, init, epochs, lr, batch_size, patience
-  lora         towers (vision,text), modules (attn,c_fc,c_proj), rank, alpha, dropout, epochs, lr, batch_size, patience, augment
+  lora         head (linear-probe|text), towers (vision,text), modules (attn,c_fc,c_proj), rank, alpha, dropout,
+               epochs, lr, batch_size, patience, augment
   tip-adapter  alpha_grid, beta_grid, finetune, epochs, lr
 """
 

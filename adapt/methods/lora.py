@@ -2,10 +2,15 @@
 
 peft injects low-rank adapters into the transformer blocks' attention (``attn``, the
 ``nn.MultiheadAttention``) and MLP (``mlp.c_fc``, ``mlp.c_proj``); only the adapters train.
-Logits are the cosine similarity between image features and the prompt-ensemble class
-embeddings (recomputed each step when the text tower is adapted). Images are augmented
-(random resized crop, flips). The best validation epoch is kept, the adapters are merged
-into the weights, and the classifier is exported like any other.
+Two heads:
+- ``text`` (CLIP-LoRA): logits are the cosine similarity between image features and the
+  prompt-ensemble class embeddings, recomputed each step when the text tower is adapted;
+- ``linear-probe`` (LP-FT, Kumar et al. 2022; the default): the linear probe on the frozen
+  features (``adapt.methods.linear``) is the starting head, then head and vision adapters are
+  trained together. It does not lean on the text tower, and since the starting point counts
+  as a candidate on validation, fine-tuning can only replace it by something better there.
+Images are augmented (random resized crop, flips). The best validation epoch is kept, the
+adapters are merged into the weights, and the classifier is exported like any other.
 """
 
 from __future__ import annotations
@@ -33,9 +38,13 @@ TOWER_PREFIXES = {"vision": (r"visual\.transformer",), "text": (r"transformer", 
 BLOCK_MODULES = {"attn": "attn", "c_fc": r"mlp\.c_fc", "c_proj": r"mlp\.c_proj"}
 
 
+HEADS = ("linear-probe", "text")
+
+
 @dataclass
 class LoraConfig:
-    towers: list[str] = field(default_factory=lambda: ["vision", "text"])  # which encoders get adapters
+    head: str = "linear-probe"  # linear-probe (LP-FT) or text (CLIP-LoRA: cosine to class prompts)
+    towers: list[str] = field(default_factory=lambda: ["vision", "text"])  # which encoders get adapters (text: only with head=text)
     modules: list[str] = field(default_factory=lambda: ["attn", "c_fc", "c_proj"])  # which block parts
     rank: int = 4  # LoRA rank r
     alpha: float = 8.0  # LoRA scaling numerator (scale = alpha / r)
@@ -47,6 +56,8 @@ class LoraConfig:
     augment: bool = True  # random resized crop + flips on the training images
 
     def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if not set(self.towers) <= set(TOWER_PREFIXES) or not self.towers:
             raise ValueError(f"towers must be a non-empty subset of {sorted(TOWER_PREFIXES)}")
         if not set(self.modules) <= set(BLOCK_MODULES) or not self.modules:
@@ -54,8 +65,12 @@ class LoraConfig:
         if self.rank < 1:
             raise ValueError("rank must be >= 1")
 
+    def adapted_towers(self) -> list[str]:
+        """The text tower takes no part in a linear-probe head, so it gets no adapters then."""
+        return [t for t in self.towers if t == "vision" or self.head == "text"]
+
     def target_regex(self) -> str:
-        prefixes = "|".join(p for t in self.towers for p in TOWER_PREFIXES[t])
+        prefixes = "|".join(p for t in self.adapted_towers() for p in TOWER_PREFIXES[t])
         parts = "|".join(BLOCK_MODULES[m] for m in self.modules)
         return rf"^({prefixes})\.resblocks\.\d+\.({parts})$"
 
@@ -113,6 +128,18 @@ class LoraNet(nn.Module):
         return self.scale * feats @ text.T
 
 
+class LoraProbeNet(nn.Module):
+    """pixels -> linear head over L2-normalised features of a LoRA-adapted image tower."""
+
+    def __init__(self, model, head: nn.Module, mean, std) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+        self.normalize = PixelNormalizer(mean, std)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(F.normalize(self.model.encode_image(self.normalize(pixels)).float(), dim=-1))
+
+
 def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
@@ -120,7 +147,14 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
     from adapt.training.supervised import train_classifier
 
     cfg = cfg or LoraConfig()
+    if not cfg.adapted_towers():
+        raise AdaptError("LoRA with head=linear-probe adapts the vision tower: include 'vision' in towers")
     b = ctx.backbone
+    probe = None
+    if cfg.head == "linear-probe":
+        from adapt.methods.linear import fit_linear
+
+        probe = fit_linear(ctx).classifier.head  # the starting head, fitted on frozen features
     model = copy.deepcopy(b.model).float()
     peft_cfg = PeftLoraConfig(
         r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_regex(), bias="none"
@@ -130,10 +164,15 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
     except ValueError as exc:
         raise AdaptError(f"LoRA found no {cfg.modules} modules in the {cfg.towers} tower(s) of {b.arch}: {exc}") from exc
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    logger.info("LoRA: %d trainable parameters (rank %d, towers %s)", trainable, cfg.rank, ",".join(cfg.towers))
-    net = LoraNet(
-        peft_model.base_model.model, b.tokenizer, ctx.classes, ctx.descriptions, b.mean, b.std, logit_scale(ctx), "text" in cfg.towers
-    )
+    if probe is not None:
+        net = LoraProbeNet(peft_model.base_model.model, probe, b.mean, b.std)
+        trainable += sum(p.numel() for p in probe.parameters())
+    else:
+        net = LoraNet(
+            peft_model.base_model.model, b.tokenizer, ctx.classes, ctx.descriptions, b.mean, b.std, logit_scale(ctx),
+            "text" in cfg.adapted_towers(),
+        )
+    logger.info("LoRA: %d trainable parameters (rank %d, towers %s, %s head)", trainable, cfg.rank, ",".join(cfg.adapted_towers()), cfg.head)
     train_px = load_pixels(ctx.split.train, b.image_size, b.resize_mode, ctx.progress)
     val_px = load_pixels(ctx.split.val, b.image_size, b.resize_mode, ctx.progress)
     y_train, y_val = labels_tensor(ctx.split.train), labels_tensor(ctx.split.val)
@@ -148,11 +187,10 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
     )
     net.eval()
     with torch.no_grad():
-        class_weights = net.class_embeddings()
         val_probs = torch.softmax(net(val_px), dim=-1).numpy() if len(y_val) else None
+        head = probe if probe is not None else CosineHead(net.class_embeddings(), net.scale)
     merged = peft_model.merge_and_unload()
     params = {**cfg.__dict__, "trainable_parameters": trainable, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
-    head = CosineHead(class_weights, net.scale)
     clf = ImageClassifier(merged.visual, head, ctx.info(Method.LORA, params)).eval()
     for p in clf.parameters():
         p.requires_grad_(False)

@@ -21,6 +21,10 @@ from open_clip.loss import ClipLoss, SigLipLoss
 
 from adapt.classifier import PixelNormalizer
 
+# The image tower's output head (final norm + projection to the joint space): always trained at
+# the full learning rate, so even a locked trunk can meet the text tower.
+IMAGE_HEAD = {"proj", "ln_post.weight", "ln_post.bias"}
+
 
 class ContrastivePretraining(L.LightningModule):
     def __init__(
@@ -49,7 +53,10 @@ class ContrastivePretraining(L.LightningModule):
         self.warmup_steps, self.total_steps = warmup_steps, max(total_steps, 1)
         self.loss_fn = None
         self.ssl_weight, self.ssl_temperature = ssl_weight, ssl_temperature
-        self.vision_lr_scale = vision_lr_scale  # < 1 keeps the image tower near its initialisation (LiT-like)
+        self.vision_lr_scale = vision_lr_scale  # < 1 keeps the image tower near its initialisation
+        if vision_lr_scale == 0:  # locked image trunk (LiT-like): only the output head of the image tower trains
+            for name, p in model.visual.named_parameters():
+                p.requires_grad_(name in IMAGE_HEAD)
         if ssl_weight > 0:
             dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None else model.visual.output_dim
             self.ssl_head = torch.nn.Sequential(
@@ -108,15 +115,16 @@ class ContrastivePretraining(L.LightningModule):
             if not p.requires_grad:
                 continue
             exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
-            groups.setdefault((name.startswith("model.visual."), exclude), []).append(p)
+            trunk = name.startswith("model.visual.") and name[len("model.visual.") :] not in IMAGE_HEAD
+            groups.setdefault((trunk, exclude), []).append(p)
         opt = torch.optim.AdamW(
             [
                 {
                     "params": params,
                     "weight_decay": 0.0 if exclude else self.weight_decay,
-                    "lr": self.lr * (self.vision_lr_scale if visual else 1.0),
+                    "lr": self.lr * (self.vision_lr_scale if trunk else 1.0),
                 }
-                for (visual, exclude), params in groups.items()
+                for (trunk, exclude), params in groups.items()
             ],
             lr=self.lr,
             betas=(0.9, 0.98),

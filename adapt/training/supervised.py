@@ -64,11 +64,10 @@ class ClassifierModule(L.LightningModule):
         logits, labels = torch.cat(self._val_logits), torch.cat(self._val_labels)
         self._val_logits.clear()
         self._val_labels.clear()
-        pred = logits.argmax(dim=1)
-        recalls = [(pred[labels == c] == c).float().mean() for c in labels.unique()]
-        self.log("val_loss", F.cross_entropy(logits, labels))
-        self.log("val_accuracy", (pred == labels).float().mean())
-        self.log("val_balanced_accuracy", torch.stack(recalls).mean())
+        balanced, neg_loss = _score(logits, labels)
+        self.log("val_loss", -neg_loss)
+        self.log("val_accuracy", (logits.argmax(dim=1) == labels).float().mean())
+        self.log("val_balanced_accuracy", balanced)
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
@@ -86,13 +85,24 @@ class ClassifierModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class BestOnValidation(L.Callback):
-    """Keeps the trainable weights of the best validation epoch in memory; stops after ``patience``."""
+def _score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(balanced accuracy, -cross-entropy): higher is better, compared as a tuple."""
+    pred = logits.argmax(dim=1)
+    recalls = [(pred[labels == c] == c).float().mean() for c in labels.unique()]
+    return float(torch.stack(recalls).mean()), -float(F.cross_entropy(logits, labels))
 
-    def __init__(self, patience: int) -> None:
+
+class BestOnValidation(L.Callback):
+    """Keeps the trainable weights of the best validation epoch in memory; stops after ``patience``.
+
+    The starting point counts as epoch -1, so training that only makes things worse on
+    validation leaves the network as it started (e.g. a linear-probe head before fine-tuning).
+    """
+
+    def __init__(self, patience: int, initial_score: tuple[float, float] | None = None, initial_state=None) -> None:
         self.patience = patience
-        self.best_score: tuple[float, float] | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_score: tuple[float, float] | None = initial_score
+        self.best_state: dict[str, torch.Tensor] | None = initial_state
         self.best_epoch = -1
         self.history: list[dict[str, float]] = []
 
@@ -137,7 +147,16 @@ def train_classifier(
     has_val = len(val_data[1]) > 0
     val_loader = DataLoader(TensorDataset(*val_data), batch_size=256) if has_val else None
     module = ClassifierModule(net, cfg, steps_per_epoch=len(train_loader))
-    best = BestOnValidation(cfg.patience)
+    initial_score = initial_state = None
+    if has_val:
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            logits = torch.cat([net(x).float() for x, _ in val_loader])
+        net.train(was_training)
+        initial_score = _score(logits, val_data[1])
+        initial_state = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+    best = BestOnValidation(cfg.patience, initial_score, initial_state)
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=accelerator,

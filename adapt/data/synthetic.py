@@ -292,8 +292,8 @@ def _textile(rng: np.random.Generator, size: int) -> _Surface:
     else:  # basket
         warp_over = (iu // 2 + iw // 2) % 2 == 0
     gains = 1 + rng.uniform(0.03, 0.1) * rng.standard_normal((2, 64)).astype(np.float32)
-    warp = np.sin(np.pi * fu) ** 0.7 * gains[0][iu % 64]
-    weft = np.sin(np.pi * fw) ** 0.7 * gains[1][iw % 64]
+    warp = np.maximum(np.sin(np.pi * fu), 0) ** 0.7 * gains[0][iu % 64]  # rounding can dip below 0
+    weft = np.maximum(np.sin(np.pi * fw), 0) ** 0.7 * gains[1][iw % 64]
     c1 = np.asarray(_FABRICS[rng.choice(len(_FABRICS))], np.float32)
     c2 = np.asarray(_FABRICS[rng.choice(len(_FABRICS))], np.float32)
     if rng.random() < 0.7:  # weft dyed like the warp

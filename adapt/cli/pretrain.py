@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         return 0  # a non-zero DDP rank
     zs = result.zero_shot
     print(f"pretrained {cfg.model} ({cfg.loss}) for {result.steps} steps, {result.samples_per_s:.0f} pairs/s, final loss {result.final_loss:.3f}")
-    print(f"  zero-shot on held-out synthetic defects: {zs['accuracy']:.1%} over {zs['classes']} classes (chance {zs['chance']:.1%}); good-vs-defect {zs['good_vs_defect_accuracy']:.1%}")
+    print(f"  zero-shot on held-out synthetic defects: {zs['accuracy']:.1%} over {zs['classes']} classes (chance {zs['chance']:.1%}); good vs defective {zs['good_vs_defect_balanced_accuracy']:.1%} balanced (chance 50%)")
     print(f"  checkpoint: {result.checkpoint}  (config beside it; open_clip.create_model_and_transforms('local-dir:{result.output_dir}') loads it)")
     print(f"  use it:     adapt retrain --backbone {cfg.model} --pretrained {result.checkpoint} --data ...")
     if run is not None:
@@ -144,7 +144,7 @@ def _finish_tracking(run, result) -> None:
         run.log_metrics({
             "samples_per_s": result.samples_per_s, "train_seconds": result.train_seconds, "final_loss": result.final_loss,
             "steps": result.steps, "zero_shot_synthetic_accuracy": zs.get("accuracy", float("nan")),
-            "zero_shot_synthetic_good_vs_defect": zs.get("good_vs_defect_accuracy", float("nan")),
+            "zero_shot_synthetic_good_vs_defect_balanced": zs.get("good_vs_defect_balanced_accuracy", float("nan")),
         })
         for name in ("open_clip_config.json", "pretrain_metrics.json"):
             if (result.output_dir / name).is_file():

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         + (f", whole build (incl. start-up and the zero-shot check): {pretrain_info['pretrain_wall_s']:.0f} s" if "pretrain_wall_s" in pretrain_info else ""),
         f"- zero-shot on held-out synthetic defects ({zs.get('classes', '?')} classes, {zs.get('images', '?')} images): "
         f"**{100 * zs.get('accuracy', float('nan')):.1f}%** (chance {100 * zs.get('chance', float('nan')):.1f}%); "
-        f"good-vs-defect {100 * zs.get('good_vs_defect_accuracy', float('nan')):.1f}%",
+        f"good vs defective (2 prompts, balanced accuracy) {100 * zs.get('good_vs_defect_balanced_accuracy', float('nan')):.1f}% (chance 50%)",
         "",
         "## ELPV binary, 16 shots per class (+16 validation), seeds " + args.seeds,
         "",

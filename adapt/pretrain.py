@@ -74,12 +74,12 @@ class PretrainConfig:
 # Named recipes. "default" is the embedded backbone, chosen by measurement on a dev split of the
 # ELPV train pool (experiments/pretraining/results.md): CLIP on synthetic image-caption pairs
 # (a third of them electroluminescence-like solar cells) plus the self-supervised term on the
-# unlabeled ELPV train pool, about 14 minutes on 2 CPU cores.
+# unlabeled ELPV train pool: 520 steps, about 14 minutes on 2 CPU cores (capped at 20 on slower machines).
 PRESETS: dict[str, PretrainConfig] = {
     "default": PretrainConfig(
-        data=["synthetic", "synthetic-solar"], model="adapt-small", loss="clip", epochs=50, max_steps=700,
+        data=["synthetic", "synthetic-solar"], model="adapt-small", loss="clip", epochs=50, max_steps=520,
         batch_size=32, lr=1e-3, warmup_steps=60, synthetic_samples=40000,
-        ssl_data=["elpv"], ssl_weight=1.0, ssl_batch_size=64, max_minutes=14.5, checkpoint_every=100,
+        ssl_data=["elpv"], ssl_weight=1.0, ssl_batch_size=64, max_minutes=20, checkpoint_every=100,
     ),
     "tiny": PretrainConfig(data=["synthetic"], model="adapt-tiny", loss="clip", epochs=1, batch_size=32, synthetic_samples=512, lr=1e-3),
 }

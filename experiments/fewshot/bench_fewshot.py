@@ -1,6 +1,6 @@
 """Few-shot accuracy on ELPV: every method x shots x seeds, with baselines, in one harness.
 
-    python experiments/fewshot/bench_fewshot.py --quick          # minutes: binary, 4 and 16 shots
+    python experiments/fewshot/bench_fewshot.py --quick          # minutes: binary, 4 and 16 shots (*_quick.* files)
     python experiments/fewshot/bench_fewshot.py                  # the full sweep (hours on 2 cores)
 
 Protocol (nothing here looks at the test split except to report):
@@ -179,7 +179,8 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs_csv = out / "runs.csv"
+    suffix = "_quick" if args.quick else ""
+    runs_csv = out / f"runs{suffix}.csv"
     finished = done_keys(runs_csv)
     jobs = [j for j in plan(args) if (j[0], j[1].name, j[2], j[3], j[4]) not in finished]
     logger.info("%d runs to do (%d already in %s)", len(jobs), len(finished), runs_csv)
@@ -200,22 +201,22 @@ def main(argv=None) -> int:
     from report import write_report
 
     md = write_report(runs_csv, out, command=" ".join(["python", "experiments/fewshot/bench_fewshot.py", *(argv or sys.argv[1:])]),
-                      backbone=f"{args.arch} @ {args.pretrained}")
+                      backbone=f"{args.arch} @ {args.pretrained}", suffix=suffix)
     logger.info("wrote %s (%.0f min)", md, (time.time() - started) / 60)
     if not args.no_tracking:
-        log_to_mlflow(args, out)
+        log_to_mlflow(args, out, suffix)
     return 0
 
 
-def log_to_mlflow(args, out: Path) -> None:
+def log_to_mlflow(args, out: Path, suffix: str) -> None:
     from adapt.tracking import resolve_tracking_uri, start_run
     from report import summary_metrics
 
     uri = resolve_tracking_uri(args.tracking_uri)
     run = start_run(uri, "benchmarks", "fewshot-elpv" + ("-quick" if args.quick else ""),
                     params={k: v for k, v in vars(args).items() if k not in ("tracking_uri",)}, command="benchmark")
-    run.log_metrics(summary_metrics(out / "runs.csv"))
-    for name in ("runs.csv", "results.md", "fewshot.png"):
+    run.log_metrics(summary_metrics(out / f"runs{suffix}.csv"))
+    for name in (f"runs{suffix}.csv", f"results{suffix}.md", f"fewshot{suffix}.png"):
         if (out / name).is_file():
             run.log_artifact(out / name)
     run.end()

@@ -62,7 +62,7 @@ def best_at(agg, task: str, shots: int, metric: str = "balanced_accuracy"):
     return max(cands, key=lambda c: c[0]) if cands else None
 
 
-def write_report(runs_csv: Path, out: Path, command: str, backbone: str) -> Path:
+def write_report(runs_csv: Path, out: Path, command: str, backbone: str, suffix: str = "") -> Path:
     rows = load(runs_csv)
     agg = aggregate(rows)
     tasks = [t for t in ("binary", "4class", "mono->poly", "poly->mono") if any(k[0] == t for k in agg)]
@@ -94,14 +94,14 @@ def write_report(runs_csv: Path, out: Path, command: str, backbone: str) -> Path
             f"Best 16-shot configuration by balanced accuracy: **{_label(b, m)}**: balanced accuracy "
             f"{100 * v['balanced_accuracy'][0]:.1f}% ± {100 * v['balanced_accuracy'][1]:.1f}, accuracy {100 * acc:.1f}% "
             f"± {100 * v['accuracy'][1]:.1f}. The anchor CNN's 88.42% accuracy used all 1,968 labelled train cells; "
-            f"the gap at 32 labels per class (16 to fit + 16 to validate) is {100 * (0.8842 - acc):+.1f} points of accuracy "
-            f"({'above' if acc > 0.8842 else 'below'} the anchor).",
+            f"at 32 labels per class (16 to fit + 16 to validate) this is {abs(100 * (acc - 0.8842)):.1f} points of accuracy "
+            f"{'above' if acc > 0.8842 else 'below'} the anchor.",
             "",
         ]
     lines += ["## Fit time per run (s, mean)", "", *table_seconds(agg), ""]
-    md = out / "results.md"
+    md = out / f"results{suffix}.md"
     md.write_text("\n".join(lines) + "\n")
-    plot(agg, out / "fewshot.png")
+    plot(agg, out / f"fewshot{suffix}.png")
     return md
 
 

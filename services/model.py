@@ -33,14 +33,21 @@ class RuntimeConfig:
 
     intra_op_threads: int = 0  # threads inside one inference; 0 = ONNX Runtime's default (all cores)
     providers: tuple[str, ...] = ()  # empty = CUDA first when available, else CPU
-    # Let ORT's idle pool threads busy-wait for work (ORT's default). Off here: the server decodes
-    # requests in other threads on the same cores, and spinning threads take their CPU (see
-    # experiments/serving: ~1.8x throughput and 4x lower p99 without spinning on a shared 2-core box).
-    spin_wait: bool = False
+    # ONNX Runtime's pool threads busy-waiting for work: "off" (idle threads sleep at once), "run"
+    # (spin only while an inference runs) or "on" (ORT's default: also keep spinning after a run).
+    # Not "on" here: the server decodes requests in other threads on the same cores, and threads
+    # that keep spinning take their CPU (experiments/serving: ~1.8x throughput and 4x lower p99
+    # than "on" on a shared 2-core box).
+    spin: str = "off"
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
+        if self.spin not in SPIN_MODES:
+            raise ValueError(f"spin must be one of {', '.join(SPIN_MODES)}, got {self.spin!r}")
+
+
+SPIN_MODES = ("off", "run", "on")
 
 
 def default_providers() -> list[str]:
@@ -61,8 +68,10 @@ class OnnxClassifier:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if not runtime.spin_wait:
+        if runtime.spin == "off":
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        elif runtime.spin == "run":
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self._session = ort.InferenceSession(
                 str(self.path), options, providers=list(runtime.providers) or default_providers()

@@ -45,7 +45,7 @@ class ServeConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     workers: int = 32  # gRPC handler threads (concurrent requests being decoded / waiting)
     intra_op_threads: int = 0  # ONNX Runtime threads per inference; 0 = its default
-    ort_spin_wait: bool = False  # let idle ONNX Runtime threads busy-wait (faster only when the cores are not shared)
+    ort_spin: str = "off"  # ONNX Runtime threads busy-waiting: off | run (only during an inference) | on
     tls_cert: str | None = None  # server certificate (PEM); with tls_key enables TLS
     tls_key: str | None = None
     tls_ca: str | None = None  # CA of client certificates; set = mTLS (clients must present one)
@@ -84,7 +84,7 @@ class InspectionServer:
         self.config = config
         self.metrics = ServerMetrics()
         self.health = health.HealthServicer()
-        runtime = RuntimeConfig(intra_op_threads=config.intra_op_threads, spin_wait=config.ort_spin_wait)
+        runtime = RuntimeConfig(intra_op_threads=config.intra_op_threads, spin=config.ort_spin)
         sources = sources or [open_source(uri, config.tracking_uri) for uri in config.models]
         self.models = [
             HostedModel(

@@ -18,7 +18,7 @@ from services import generate_protos
 from services.auth import TokenAuthInterceptor, read_tokens
 from services.batching import DeadlineExpiredError, DynamicBatcher, QueueFullError
 from services.feedback import FeedbackStore, RecentRequests, check_label, check_request_id
-from services.model import ModelLoadError, OnnxClassifier
+from services.model import ModelLoadError, OnnxClassifier, RuntimeConfig
 from services.registry import FileSource, RegistryRef, SourceError, parse_model_uri
 
 pytestmark = pytest.mark.unit
@@ -52,6 +52,24 @@ def test_classifier_reads_metadata_and_answers_by_brightness(tmp_path):
     pixels = np.stack([model.preprocess(image_bytes(b)) for b in (10, 128, 245)])
     answers = [model.labels[i] for i in model.predict(pixels).argmax(axis=1)]
     assert answers == [expected_label(b, ("a", "b", "c")) for b in (10, 128, 245)] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "spin, entries",
+    [("off", {"session.intra_op.allow_spinning": "0"}), ("run", {"session.force_spinning_stop": "1"}), ("on", {})],
+)
+def test_spin_modes_set_onnx_runtime_session_entries(tmp_path, spin, entries):
+    model = OnnxClassifier(make_tiny_onnx(tmp_path / "m.onnx"), RuntimeConfig(intra_op_threads=1, spin=spin))
+    options = model._session.get_session_options()
+    for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):
+        if key in entries:
+            assert options.get_session_config_entry(key) == entries[key]
+        else:  # never set: ONNX Runtime's default applies
+            with pytest.raises(Exception):
+                options.get_session_config_entry(key)
+    assert model.predict(np.stack([model.preprocess(image_bytes(200))])).shape == (1, 2)
+    with pytest.raises(ValueError, match="spin must be one of"):
+        RuntimeConfig(spin="sometimes")
 
 
 def test_model_without_metadata_or_wrong_input_is_refused(tmp_path):

@@ -81,9 +81,13 @@ def register(subparsers) -> None:
     )
     g.add_argument(
         "--ort-spin",
-        action="store_true",
-        help="let idle ONNX Runtime threads busy-wait for work (lower latency on dedicated cores; "
-        "off by default because it starves the request threads that decode images on shared cores)",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=("off", "run", "on"),
+        help="ONNX Runtime threads busy-waiting for work: off (default), run (only while an inference runs), "
+        "on (also between inferences: lower latency on dedicated cores, but it starves the threads that "
+        "decode requests on shared cores); a bare --ort-spin means on",
     )
     g.add_argument(
         "--max-message-mb",
@@ -177,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             batching=BatchingConfig(args.max_batch_size, args.max_queue_delay_ms, args.max_queue),
             workers=args.workers,
             intra_op_threads=args.intra_op_threads,
-            ort_spin_wait=args.ort_spin,
+            ort_spin=args.ort_spin,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,

@@ -301,13 +301,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def grpc_server(model: Path, threads: int, max_concurrency: int, tmp: Path):
-    """``adapt serve`` in its own process: yields (pid, address, metrics URL)."""
+def grpc_server(model: Path, threads: int, max_concurrency: int, tmp: Path, extra: tuple[str, ...] = ()):
+    """``adapt serve`` (plus ``extra`` options) in its own process: yields (pid, address, metrics URL)."""
     port, metrics_port = free_port(), free_port()
     command = [
         sys.executable, "-m", "adapt", "-q", "serve", "--model", str(model), "--host", "127.0.0.1",
         "--port", str(port), "--metrics-port", str(metrics_port), "--intra-op-threads", str(threads),
-        "--workers", str(max(32, 2 * max_concurrency)), "--reload-interval", "0", "--data-dir", str(tmp / "feedback"),
+        "--workers", str(max(32, 2 * max_concurrency)), "--reload-interval", "0", "--data-dir", str(tmp / "feedback"), *extra,
     ]  # fmt: skip
     with _process(command, tmp / "grpc-server.log") as proc:
         address = f"127.0.0.1:{port}"

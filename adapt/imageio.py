@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +37,7 @@ class ImageDecodeError(ValueError):
 
 def decode_image(data: bytes | bytearray | memoryview) -> Image.Image:
     """Decode encoded image bytes (PNG, JPEG, BMP, TIFF, ...) to an RGB ``PIL.Image``."""
-    if not data:
-        raise ImageDecodeError("empty image")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return _to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+    return _rgb(_decode(data))
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -53,26 +46,45 @@ def read_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return _to_rgb(img)
+            return _rgb(_normalise(img))
     except FileNotFoundError as exc:
         raise ImageDecodeError(f"{path}: no such file") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"{path}: not a readable image ({exc})") from exc
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    img = ImageOps.exif_transpose(img)
+def _decode(data: bytes | bytearray | memoryview) -> Image.Image:
+    """Decoded bytes as an 8-bit ``L`` (grayscale) or ``RGB`` image."""
+    if not data:
+        raise ImageDecodeError("empty image")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return _normalise(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+
+
+def _normalise(img: Image.Image) -> Image.Image:
+    """Upright (EXIF orientation), 8 bits, and ``L`` or ``RGB``: grayscale stays one channel until
+    after resizing, which gives the same pixels as converting first at a third of the work."""
+    if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # exif_transpose would copy even when upright
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit / float grayscale (common for industrial cameras): stretch to 8 bits.
         arr = np.asarray(img, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(arr.astype(np.uint8), mode="L")
-    return img.convert("RGB")
+        return Image.fromarray(arr.astype(np.uint8), mode="L")
+    return img if img.mode in ("L", "RGB") else img.convert("RGB")
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def resize_image(img: Image.Image, size: int, mode: ResizeMode | str = ResizeMode.SHORTEST) -> Image.Image:
-    """Resize an RGB image to ``size x size`` by the given rule, with bicubic filtering."""
+    """Resize an ``L`` or ``RGB`` image to ``size x size`` by the given rule, with bicubic filtering."""
     mode = ResizeMode(mode)
     if mode is ResizeMode.SQUASH:
         return img.resize((size, size), Image.Resampling.BICUBIC)
@@ -87,9 +99,11 @@ def resize_image(img: Image.Image, size: int, mode: ResizeMode | str = ResizeMod
 
 def to_model_pixels(img: Image.Image, size: int, mode: ResizeMode | str = ResizeMode.SHORTEST) -> np.ndarray:
     """The model's input for one image: ``uint8`` array of shape ``(size, size, 3)``."""
-    return np.array(resize_image(img.convert("RGB"), size, mode), dtype=np.uint8)  # a writable copy
+    if img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")
+    return np.array(_rgb(resize_image(img, size, mode)), dtype=np.uint8)  # a writable copy
 
 
 def bytes_to_model_pixels(data: bytes, size: int, mode: ResizeMode | str = ResizeMode.SHORTEST) -> np.ndarray:
     """Decode encoded bytes and resize them to the model input in one call (the server's path)."""
-    return to_model_pixels(decode_image(data), size, mode)
+    return to_model_pixels(_decode(data), size, mode)

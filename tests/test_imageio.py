@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
-from adapt.imageio import ImageDecodeError, bytes_to_model_pixels, decode_image, read_image, to_model_pixels
+from adapt.imageio import ImageDecodeError, bytes_to_model_pixels, decode_image, read_image, resize_image, to_model_pixels
 
 pytestmark = pytest.mark.unit
 
@@ -70,3 +70,26 @@ def test_bytes_path_equals_file_path(tmp_path):
     a = bytes_to_model_pixels((tmp_path / "x.png").read_bytes(), 16)
     b = to_model_pixels(read_image(tmp_path / "x.png"), 16)
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["shortest", "squash"])
+def test_grayscale_resized_before_rgb_gives_the_same_pixels(mode):
+    """The fast path keeps grayscale one channel until after resizing; the pixels must not change."""
+    arr = np.random.default_rng(0).integers(0, 256, (53, 37), dtype=np.uint8)
+    data = _encode(Image.fromarray(arr), "PNG")
+    rgb_first = np.array(resize_image(Image.fromarray(arr).convert("RGB"), 24, mode))
+    assert np.array_equal(bytes_to_model_pixels(data, 24, mode), rgb_first)
+    assert np.array_equal(to_model_pixels(Image.fromarray(arr), 24, mode), rgb_first)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 10, 20))  # white on the left
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # stored rotated: display needs a 90 degree turn
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", exif=exif, quality=95)
+    out = decode_image(buffer.getvalue())
+    assert out.size == (20, 40)
+    px = np.asarray(out)
+    assert px[:8, :, 0].mean() > 200 and px[-8:, :, 0].mean() < 50  # the left edge is now the top

@@ -5,7 +5,7 @@
 
 Starts the server exactly as ``bench_serving.py`` does (same model, threads, options), drives it
 with ``loadgen.py`` and records it with ``py-spy record --format raw`` (all threads, idle frames
-left out, native frames included). Prints, per load point, the share of the samples in each part
+left out; Python frames only, sampled without pausing the server, so the profiler costs little). Prints, per load point, the share of the samples in each part
 of the serving path (ONNX Runtime, image decode, gRPC/protobuf, batching hand-off, other) and the
 top leaf functions, and writes the collapsed stacks to ``--out`` for a flame graph
 (``py-spy``'s raw format is what ``flamegraph.pl`` and speedscope read).
@@ -90,8 +90,8 @@ def main() -> int:
                 raw = out / f"{args.target}-c{c}.txt"
                 spy = subprocess.Popen(
                     [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
-                     "--native", "--rate", "200", "--duration", str(int(plan.warmup_s + plan.duration_s)),
-                     "--output", str(raw), "--nonblocking"],
+                     "--nonblocking", "--rate", "200", "--duration", str(int(plan.warmup_s + plan.duration_s)),
+                     "--output", str(raw)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                 )  # fmt: skip
                 point = bench.run_point(args.target, address, c, plan, image_list, pid, metrics_url)

@@ -191,6 +191,18 @@ def load_snapshot() -> dict:
     return {"loadavg": list(os.getloadavg()), "cpu_busy_percent": psutil.cpu_percent(interval=2.0)}
 
 
+def settled_snapshot(max_wait_s: float = 180.0) -> dict:
+    """``load_snapshot()`` once the 1-minute load average is below ``QUIET_LOAD``, waiting up to
+    ``max_wait_s``: it lags about a minute behind work that has just ended (a previous benchmark)."""
+    deadline = time.monotonic() + max_wait_s
+    snapshot = load_snapshot()
+    while snapshot["loadavg"][0] > QUIET_LOAD and time.monotonic() < deadline:
+        logger.info("waiting for the machine to settle: load average %.2f > %.1f", snapshot["loadavg"][0], QUIET_LOAD)
+        time.sleep(8.0)
+        snapshot = load_snapshot()
+    return snapshot
+
+
 def warn_if_busy(snapshot: dict, when: str = "before") -> str:
     """A warning (also returned) when the machine was not quiet; '' when it was.
 
@@ -250,7 +262,7 @@ def machine_facts(args: argparse.Namespace, plan: Plan, threads: int, model: Pat
         "model_made_by": f"adapt {MODEL_COMMAND}" if model == CACHED_MODEL else "given with --model",
         "images": f"{n_images} ELPV test cells (300x300 grayscale PNG, as stored)",
         "plan": asdict(plan),
-        "before": load_snapshot(),
+        "before": settled_snapshot(),
     }
 
 

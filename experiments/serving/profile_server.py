@@ -28,19 +28,22 @@ sys.path.insert(0, str(HERE))
 
 import bench_serving as bench  # noqa: E402
 
-# Parts of the serving path, matched in order against a stack's frames (innermost first).
+# Parts of the serving path. A sample belongs to the part of its innermost matching frame, so a
+# handler thread blocked on the batcher's future counts as waiting, not as gRPC.
 PARTS = (
-    ("onnxruntime", ("onnxruntime", "InferenceSession.run", "libonnxruntime")),
-    ("image decode + resize", ("adapt/imageio.py", "PIL", "libpng", "libz", "Imaging", "ImagingDecode")),
-    ("gRPC + protobuf", ("grpc", "protobuf", "_cygrpc", "cygrpc", "upb")),
-    ("batcher hand-off", ("services/batching.py", "concurrent/futures", "threading.py")),
+    ("onnxruntime", ("onnxruntime",)),
+    ("image decode + resize", ("adapt/imageio.py", "PIL/", "numpy/")),
+    ("waiting (lock, condition, future)", ("threading.py", "concurrent/futures")),
+    ("batcher", ("services/batching.py",)),
+    ("gRPC + protobuf", ("grpc/", "grpc_", "google/protobuf")),
 )
 
 
 def part_of(frames: list[str]) -> str:
-    for name, needles in PARTS:
-        if any(needle in frame for frame in reversed(frames) for needle in needles):
-            return name
+    for frame in reversed(frames):  # innermost first
+        for name, needles in PARTS:
+            if any(needle in frame for needle in needles):
+                return name
     return "other Python (servicer, logging, metrics)"
 
 
@@ -90,7 +93,7 @@ def main() -> int:
                 raw = out / f"{args.target}-c{c}.txt"
                 spy = subprocess.Popen(
                     [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
-                     "--nonblocking", "--rate", "200", "--duration", str(int(plan.warmup_s + plan.duration_s)),
+                     "--nonblocking", "--rate", "100", "--duration", str(int(plan.warmup_s + plan.duration_s)),
                      "--output", str(raw)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                 )  # fmt: skip

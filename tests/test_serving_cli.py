@@ -42,6 +42,12 @@ def parts(tmp_path) -> Path:
     return folder
 
 
+def _ctrl_c_enabled() -> None:
+    # Pytest started in the background by a non-interactive shell ignores SIGINT, and children
+    # inherit that (Python then installs no KeyboardInterrupt handler); a terminal's Ctrl-C works.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _adapt(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -51,6 +57,7 @@ def _adapt(*args: str, **kwargs) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_enabled,
         **kwargs,
     )
 
@@ -103,7 +110,8 @@ def test_unreachable_server_is_a_one_line_error(parts, capsys):
     assert "no such file or folder" in capsys.readouterr().err
 
 
-def test_watch_classifies_files_as_they_land_until_ctrl_c(server, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_watch_classifies_files_as_they_land_until_stopped(server, tmp_path, stop):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "old.png").write_bytes(image_bytes(0))  # already there: ignored
@@ -124,7 +132,7 @@ def test_watch_classifies_files_as_they_land_until_ctrl_c(server, tmp_path):
             time.sleep(0.1)
             with open(out_csv, newline="") as fh:
                 rows = list(csv.DictReader(fh))
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=45) == 0  # generous: CI machines are busy
     finally:
         if proc.poll() is None:

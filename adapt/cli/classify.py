@@ -6,7 +6,9 @@ import argparse
 import csv
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,7 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of the inspection server")
     p.add_argument("--model", default="", help="model name to ask for (default: the server's default model)")
     p.add_argument(
-        "--watch", metavar="DIR", help="keep classifying image files that appear in DIR (recursive) until Ctrl-C"
+        "--watch", metavar="DIR", help="keep classifying image files that appear in DIR (recursive) until Ctrl-C or SIGTERM"
     )
     p.add_argument(
         "--poll-interval",
@@ -207,7 +209,9 @@ def _watch(client, folder: Path, args: argparse.Namespace, output: _Output) -> N
     """Classify files that appear in ``folder`` once their size is stable, until Ctrl-C."""
     done = set(collect_images([str(folder)]))  # already there: not new
     sizes: dict[Path, tuple[int, int]] = {}
-    print(f"watching {folder} for new images (Ctrl-C to stop)", file=sys.stderr)
+    print(f"watching {folder} for new images (Ctrl-C or SIGTERM to stop)", file=sys.stderr)
+    if threading.current_thread() is threading.main_thread():  # a service manager stops it with SIGTERM
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
             ready = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +121,16 @@ def test_synthetic_source_is_deterministic():
     assert a.test.load(0).size == (32, 32)
     with pytest.raises(DataError, match="unknown synthetic class"):
         load_dataset("synthetic:good,banana")
+
+
+def test_elpv_write_folder_is_a_folder_dataset_with_the_fixed_test_split(tmp_path):
+    from adapt.data.elpv import write_folder
+
+    root = write_folder(tmp_path / "cells", train_per_class=5, seed=0)
+    data = load_dataset(str(root))
+    elpv = load_dataset("elpv")
+    assert sorted(data.train.classes) == sorted(elpv.train.classes)
+    assert np.bincount(data.train.labels).tolist() == [5, 5]
+    assert len(data.test) == len(elpv.test)
+    by_name = {Path(k).name: elpv.test.classes[y] for k, y in zip(elpv.test.keys, elpv.test.labels)}
+    assert all(by_name[Path(k).name] == data.test.classes[y] for k, y in zip(data.test.keys, data.test.labels))

@@ -98,3 +98,27 @@ def module_types(images: ImageSet) -> np.ndarray:
     paths, _, types = read_labels()
     lookup = dict(zip(paths, types))
     return np.array([lookup[k] for k in images.keys])
+
+
+def write_folder(root: str | Path, spec: str = "elpv", train_per_class: int = 40, seed: int = 0) -> Path:
+    """Copy ELPV cells into the folder-dataset layout: ``ROOT/train/<label>/`` gets
+    ``train_per_class`` cells per class drawn from the train pool (seeded), ``ROOT/test/<label>/``
+    the whole fixed test split. A real labelled folder to try ``adapt retrain --data ROOT/`` on."""
+    import shutil
+
+    data = load_elpv(spec)
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for part, images, per_class in (("train", data.train, train_per_class), ("test", data.test, None)):
+        for c, label in enumerate(images.classes):
+            members = np.flatnonzero(images.labels == c)
+            if per_class is not None:
+                if len(members) < per_class:
+                    raise DataError(f"{spec}: class '{label}' has only {len(members)} train cells (asked {per_class})")
+                members = np.sort(rng.choice(members, size=per_class, replace=False))
+            folder = root / part / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in members:
+                key = images.keys[i]
+                shutil.copyfile(Path(images.root) / key, folder / Path(key).name)
+    return root

@@ -92,6 +92,10 @@ def _score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     return float(torch.stack(recalls).mean()), -float(F.cross_entropy(logits, labels))
 
 
+def _trainable_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+
+
 class BestOnValidation(L.Callback):
     """Keeps the trainable weights of the best validation epoch in memory; stops after ``patience``.
 
@@ -114,9 +118,7 @@ class BestOnValidation(L.Callback):
         score = (m.get("val_balanced_accuracy", 0.0), -m.get("val_loss", 0.0))
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_epoch = score, trainer.current_epoch
-            self.best_state = {
-                n: p.detach().clone() for n, p in module.net.named_parameters() if p.requires_grad
-            }
+            self.best_state = _trainable_state(module.net)
         elif trainer.current_epoch - self.best_epoch >= self.patience:
             trainer.should_stop = True
 
@@ -155,7 +157,7 @@ def train_classifier(
             logits = torch.cat([net(x).float() for x, _ in val_loader])
         net.train(was_training)
         initial_score = _score(logits, val_data[1])
-        initial_state = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+        initial_state = _trainable_state(net)
     best = BestOnValidation(cfg.patience, initial_score, initial_state)
     trainer = L.Trainer(
         max_epochs=cfg.epochs,

@@ -81,7 +81,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     model = bench.ensure_model(args.model)
     concurrency = [int(c) for c in args.concurrency.split(",")]
-    plan = bench.Plan(tuple(concurrency), args.duration, 2.0, 0, (), (), (), 0, ())
+    plan = bench.Plan(concurrency=tuple(concurrency), duration_s=args.duration, warmup_s=2.0, raw_seconds=0,
+                      raw_batches=(), pipeline_batches=(), decode_threads=(), single_count=0, mlflow_batched=())
     summary = {"serve_args": args.serve_args, "target": args.target, "points": {}}
     with tempfile.TemporaryDirectory(prefix="profile-serving-") as tmp:
         tmp = Path(tmp)

@@ -4,7 +4,12 @@
 the preprocessing that matches it (input size, mean/std, resize rule), so they cannot drift
 apart. ``pretrained`` may be an open_clip tag (needs network, fails fast offline), a local
 checkpoint file or open_clip folder, ``"default"`` (this product's own pretrained backbone,
-see ``adapt.pretrain``), or ``None``/``"none"`` for random initialisation.
+see ``adapt.default_backbone``), ``"imagenet"`` (architectures with an EfficientNet-Lite tower:
+its ImageNet weights, text tower untrained), or ``None``/``"none"`` for random initialisation.
+
+Architectures whose image tower is an ImageNet EfficientNet-Lite (``adapt-effnet-lite0``/``2``)
+get that network's normalisation in their preprocessing, and ``feature_stages``: the trunk
+stages whose pooled maps the frozen-feature methods use (``adapt.encoders``).
 """
 
 from __future__ import annotations
@@ -21,17 +26,22 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from adapt import imagenet
+from adapt.defaults import BUILTIN_ARCHS, DEFAULT_ARCH
+from adapt.encoders import EMBEDDING, STAGES, EncoderSpec, spec_for
 from adapt.errors import BackboneError
 
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(MODEL_CONFIG_DIR)  # registers adapt-tiny, adapt-small, ...
+open_clip.add_model_config(MODEL_CONFIG_DIR)  # registers adapt-tiny, adapt-small, adapt-effnet-lite0, ...
 
-DEFAULT_ARCH = "adapt-small"
 CHECKPOINT_NAME = "open_clip_pytorch_model.bin"
 OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
 HUB_PROBE_TIMEOUT_S = 3.0
+# Pooled EfficientNet stages used by the frozen-feature methods (strides 8, 16, 32): chosen on a
+# dev split of the ELPV train pool, experiments/backbone/feature_probe.md.
+CNN_FEATURE_STAGES = (2, 3, 4)
 
 
 @dataclass
@@ -48,6 +58,13 @@ class Backbone:
     std: tuple[float, float, float]
     resize_mode: str = "shortest"
     model_cfg: dict = field(default_factory=dict)
+    feature_stages: tuple[int, ...] = ()  # trunk stages for pooled mid-level features (CNN towers)
+
+    def encoder_spec(self, use: str) -> EncoderSpec:
+        """What a method encodes images into: ``text`` (the joint embedding), ``probe`` (the best
+        frozen features for a head trained on them), ``cache`` (both: Tip-Adapter)."""
+        parts = {"text": (EMBEDDING,), "probe": (STAGES,), "cache": (EMBEDDING, STAGES)}[use]
+        return spec_for(self.model.visual, parts, self.feature_stages)
 
     @property
     def embed_dim(self) -> int:
@@ -94,6 +111,10 @@ def create_backbone(
     if pretrained.lower() == "none":
         model = _create(arch, None, device, precision)
         weights_id = f"random-init:{state_dict_hash(model)}"
+    elif pretrained.lower() == "imagenet":
+        model = _create(arch, None, device, precision)
+        net = load_imagenet_tower(model, arch)
+        weights_id = f"imagenet-{net}:{imagenet.weights_digest(net)}+text:{state_dict_hash(model.transformer)}"
     elif path.is_dir():
         model, arch, weights_id = _create_from_dir(path, arch, device, precision)
     elif path.is_file():
@@ -108,6 +129,7 @@ def create_backbone(
     size = pp.get("size", model.visual.image_size)
     size = size[0] if isinstance(size, (tuple, list)) else size
     cfg = open_clip.get_model_config(arch) or {}
+    cnn = imagenet_net(cfg) is not None
     return Backbone(
         model=model,
         arch=arch,
@@ -119,7 +141,26 @@ def create_backbone(
         std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)),
         resize_mode=pp.get("resize_mode", "shortest"),
         model_cfg=cfg,
+        feature_stages=CNN_FEATURE_STAGES if cnn else (),
     )
+
+
+def imagenet_net(model_cfg: dict | None) -> str | None:
+    """``lite0``/``lite2`` when the config's image tower is an EfficientNet-Lite with shipped weights."""
+    timm_name = ((model_cfg or {}).get("vision_cfg") or {}).get("timm_model_name")
+    src = imagenet.source_for(timm_name) if timm_name else None
+    return next((k for k, v in imagenet.SOURCES.items() if v is src), None) if src else None
+
+
+def load_imagenet_tower(model: torch.nn.Module, arch: str) -> str:
+    """Put the ImageNet EfficientNet-Lite weights into ``model.visual.trunk``; returns the net name."""
+    net = imagenet_net(open_clip.get_model_config(arch))
+    if net is None:
+        raise BackboneError(f"--pretrained imagenet needs an EfficientNet-Lite image tower (adapt-effnet-lite0/2), not {arch}")
+    full = imagenet.load_imagenet_trunk(net).state_dict()
+    trunk = model.visual.trunk
+    trunk.load_state_dict({k: v for k, v in full.items() if k in trunk.state_dict()}, strict=True)
+    return net
 
 
 def _looks_like_path(text: str) -> bool:
@@ -130,10 +171,12 @@ def _create(arch: str, checkpoint: str | None, device, precision) -> torch.nn.Mo
     if arch not in open_clip.list_models():
         raise BackboneError(
             f"unknown architecture '{arch}'; pass a config beside the checkpoint or one of "
-            f"adapt-tiny, adapt-small, ViT-B-16, ... (`python -c 'import open_clip; print(open_clip.list_models())'`)"
+            f"{', '.join(BUILTIN_ARCHS)}, ViT-B-16, ... (`python -c 'import open_clip; print(open_clip.list_models())'`)"
         )
+    net = imagenet_net(open_clip.get_model_config(arch))
+    force_pp = {"mean": imagenet.MEAN, "std": imagenet.STD} if net else None  # the CNN's own normalisation
     try:
-        return open_clip.create_model(arch, pretrained=checkpoint, device=device, precision=precision)
+        return open_clip.create_model(arch, pretrained=checkpoint, device=device, precision=precision, force_preprocess_cfg=force_pp)
     except (RuntimeError, KeyError, ValueError) as exc:
         what = f"weights {checkpoint}" if checkpoint else "a random model"
         raise BackboneError(f"cannot create {arch} with {what}: {_first_line(exc)}") from exc

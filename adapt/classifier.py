@@ -2,8 +2,8 @@
 
 ``ImageClassifier`` maps a batch of RGB pixels (``uint8`` or float in 0..255, shape
 ``[N, H, W, 3]``, already resized by ``adapt.imageio``) to class probabilities ``[N, C]``. It
-holds the image encoder, the normalisation that matches it and a head over L2-normalised
-image features. Export, evaluation, serving and the registry only ever see this.
+holds the image encoder (``adapt.encoders``: the joint embedding and/or pooled mid-level CNN
+features), the normalisation that matches it and a head over L2-normalised features. Export, evaluation, serving and the registry only ever see this.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapt.encoders import EMBEDDING, EncoderSpec, FeatureLayout, ImageEncoder
 from adapt.modelmeta import ClassifierMetadata
 
 logger = logging.getLogger(__name__)
@@ -82,20 +83,32 @@ class LinearHead(nn.Module):
 
 
 class TipAdapterHead(nn.Module):
-    """Tip-Adapter: zero-shot logits plus ``alpha * exp(-beta * (1 - f @ keys.T)) @ values``."""
+    """Tip-Adapter: zero-shot logits plus ``alpha * exp(-beta * (1 - f @ keys.T)) @ values``.
+
+    With ``text_dim`` the features are ``[embedding | cache features]`` (``adapt.encoders``): the
+    zero-shot term reads the first ``text_dim`` values, the cache the rest, each re-normalised.
+    """
 
     kind = "tip-adapter"
 
-    def __init__(self, text_weight, keys, values, alpha: float, beta: float, logit_scale: float) -> None:
+    def __init__(self, text_weight, keys, values, alpha: float, beta: float, logit_scale: float, text_dim: int = 0) -> None:
         super().__init__()
         self.register_buffer("text_weight", F.normalize(text_weight.detach().float(), dim=-1))
         self.keys = nn.Parameter(F.normalize(keys.detach().float(), dim=-1))
         self.register_buffer("values", values.detach().float())
         self.alpha, self.beta, self.logit_scale = float(alpha), float(beta), float(logit_scale)
+        self.text_dim = int(text_dim)
+
+    def split(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features for the zero-shot term, features for the cache)."""
+        if not self.text_dim:
+            return features, features
+        return F.normalize(features[:, : self.text_dim], dim=-1), F.normalize(features[:, self.text_dim :], dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        zero_shot = self.logit_scale * features @ self.text_weight.T
-        affinity = features @ self.keys.T
+        text_part, cache_part = self.split(features)
+        zero_shot = self.logit_scale * text_part @ self.text_weight.T
+        affinity = cache_part @ self.keys.T
         cache = torch.exp(-self.beta * (1.0 - affinity)) @ self.values
         return zero_shot + self.alpha * cache
 
@@ -107,12 +120,15 @@ class TipAdapterHead(nn.Module):
             "alpha": self.alpha,
             "beta": self.beta,
             "logit_scale": self.logit_scale,
+            "text_dim": self.text_dim,
+            "text_width": self.text_weight.shape[1],
         }
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TipAdapterHead":
         c, d, n = cfg["num_classes"], cfg["dim"], cfg["num_keys"]
-        return cls(torch.zeros(c, d), torch.ones(n, d), torch.zeros(n, c), cfg["alpha"], cfg["beta"], cfg["logit_scale"])
+        text = torch.zeros(c, cfg.get("text_width", d))
+        return cls(text, torch.ones(n, d), torch.zeros(n, c), cfg["alpha"], cfg["beta"], cfg["logit_scale"], cfg.get("text_dim", 0))
 
 
 HEADS = {h.kind: h for h in (CosineHead, LinearHead, TipAdapterHead)}
@@ -133,6 +149,7 @@ class ClassifierInfo:
     arch: str = ""
     model_cfg: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # method hyper-parameters, for the record
+    encoder: dict = field(default_factory=lambda: EncoderSpec().to_dict())  # adapt.encoders.EncoderSpec
 
     def metadata(self, model_name: str = "", model_version: str = "") -> ClassifierMetadata:
         return ClassifierMetadata(
@@ -152,13 +169,16 @@ class ClassifierInfo:
 class ImageClassifier(nn.Module):
     """pixels ``[N, H, W, 3]`` -> probabilities ``[N, C]``: normalise, encode, L2-normalise, head, softmax."""
 
-    def __init__(self, visual: nn.Module, head: nn.Module, info: ClassifierInfo) -> None:
+    def __init__(self, encoder: ImageEncoder, head: nn.Module, info: ClassifierInfo) -> None:
         super().__init__()
         if len(info.labels) < 2:
             raise ValueError("a classifier needs at least two classes")
+        if not isinstance(encoder, ImageEncoder):
+            raise TypeError("ImageClassifier takes an adapt.encoders.ImageEncoder")
         self.normalize = PixelNormalizer(info.mean, info.std)
-        self.visual = visual
+        self.encoder = encoder
         self.head = head
+        info.encoder = encoder.spec.to_dict()
         self.info = info
 
     @property
@@ -166,7 +186,7 @@ class ImageClassifier(nn.Module):
         return list(self.info.labels)
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.visual(self.normalize(pixels)), dim=-1)
+        return F.normalize(self.encoder(self.normalize(pixels)), dim=-1)
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixels))
@@ -185,7 +205,7 @@ def save_classifier(classifier: ImageClassifier, path: str | Path) -> Path:
         "head_kind": classifier.head.kind,
         "head_config": classifier.head.config(),
         "head_state": classifier.head.state_dict(),
-        "visual_state": classifier.visual.state_dict(),
+        "encoder_state": classifier.encoder.state_dict(),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
@@ -202,7 +222,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Ima
     info = ClassifierInfo(**payload["info"])
     cfg = info.model_cfg
     visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], cfg.get("quick_gelu", False), None)
-    visual.load_state_dict(payload["visual_state"])
+    encoder = ImageEncoder(visual, EncoderSpec.from_dict(info.encoder))
+    encoder.load_state_dict(payload["encoder_state"])
     head = HEADS[payload["head_kind"]].from_config(payload["head_config"])
     head.load_state_dict(payload["head_state"])
-    return ImageClassifier(visual, head, info).to(device).eval()
+    return ImageClassifier(encoder, head, info).to(device).eval()

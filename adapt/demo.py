@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from adapt.defaults import DEFAULT_ARCH
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ class DemoConfig:
     method: str = "linear"
     shots: int = 16
     seed: int = 1
-    backbone: str = "adapt-small"
+    backbone: str = DEFAULT_ARCH
     pretrained: str = "default"
     output_dir: Path = Path("runs") / "demo"
     tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db

@@ -57,8 +57,8 @@ def load_pixels(images: ImageSet, image_size: int, resize_mode: str = "shortest"
     return torch.stack(items) if items else torch.empty(0, image_size, image_size, 3, dtype=torch.uint8)
 
 
-def _cache_key(weights_id: str, image_size: int, resize_mode: str, mean, std, images: ImageSet) -> str:
-    h = hashlib.sha256(f"{weights_id}|{image_size}|{resize_mode}|{tuple(mean)}|{tuple(std)}|{images.root}".encode())
+def _cache_key(weights_id: str, encoder: str, image_size: int, resize_mode: str, mean, std, images: ImageSet) -> str:
+    h = hashlib.sha256(f"{weights_id}|{encoder}|{image_size}|{resize_mode}|{tuple(mean)}|{tuple(std)}|{images.root}".encode())
     for key in images.keys:
         h.update(b"\x1e" + key.encode())
     return h.hexdigest()[:24]
@@ -66,7 +66,7 @@ def _cache_key(weights_id: str, image_size: int, resize_mode: str, mean, std, im
 
 @torch.no_grad()
 def encode_images(
-    visual: torch.nn.Module,
+    encoder: torch.nn.Module,
     images: ImageSet,
     *,
     image_size: int,
@@ -79,20 +79,25 @@ def encode_images(
     progress: bool = True,
     desc: str = "extracting features",
 ) -> torch.Tensor:
-    """L2-normalised image features ``[N, D]`` (float32, on the CPU)."""
+    """L2-normalised image features ``[N, D]`` (float32, on the CPU); ``encoder`` maps normalised images to features."""
     normalize = PixelNormalizer(mean, std).to(device)
-    visual = visual.to(device).eval()
+    encoder = encoder.to(device).eval()
     loader = DataLoader(PixelDataset(images, image_size, resize_mode), batch_size=batch_size, num_workers=num_workers)
     out = []
     for pixels, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
-        feats = visual(normalize(pixels.to(device)))
+        feats = encoder(normalize(pixels.to(device)))
         out.append(F.normalize(feats.float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-def cached_features(backbone, images: ImageSet, *, device="cpu", batch_size: int = 64, progress: bool = True, use_cache: bool = True) -> torch.Tensor:
-    """``encode_images`` with the backbone's image encoder, memoised on disk by weights + images."""
-    key = _cache_key(backbone.weights_id, backbone.image_size, backbone.resize_mode, backbone.mean, backbone.std, images)
+def cached_features(backbone, images: ImageSet, spec=None, *, device="cpu", batch_size: int = 64, progress: bool = True,
+                    use_cache: bool = True) -> torch.Tensor:
+    """``encode_images`` with the backbone's image tower as ``spec`` (an ``EncoderSpec``; default: the
+    joint embedding) says, memoised on disk by weights + encoder + images."""
+    from adapt.encoders import EncoderSpec, ImageEncoder
+
+    spec = spec or EncoderSpec()
+    key = _cache_key(backbone.weights_id, spec.key(), backbone.image_size, backbone.resize_mode, backbone.mean, backbone.std, images)
     path = cache_dir() / "features" / f"{key}.pt"
     if use_cache and path.is_file():
         try:
@@ -102,7 +107,7 @@ def cached_features(backbone, images: ImageSet, *, device="cpu", batch_size: int
         except (OSError, RuntimeError) as exc:  # a damaged cache file is recomputed, not fatal
             logger.warning("ignoring unreadable feature cache %s: %s", path, exc)
     feats = encode_images(
-        backbone.model.visual,
+        ImageEncoder(backbone.model.visual, spec),
         images,
         image_size=backbone.image_size,
         mean=backbone.mean,

@@ -51,3 +51,36 @@ def tiny_backbone():
 
     torch.manual_seed(0)
     return create_backbone("adapt-tiny", "none")
+
+
+TINY_CNN_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"timm_model_name": "tf_efficientnet_lite0", "timm_model_pretrained": False, "timm_pool": "avg",
+                   "timm_proj": "linear", "image_size": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_arch(tmp_path_factory) -> str:
+    """``test-effnet``: the real ImageNet EfficientNet-Lite0 tower at 32 px with a one-layer text tower."""
+    import json
+
+    import open_clip
+
+    import adapt.backbone  # noqa: F401  (registers the built-in configs first)
+
+    path = tmp_path_factory.mktemp("configs") / "test-effnet.json"
+    path.write_text(json.dumps(TINY_CNN_CONFIG))
+    open_clip.add_model_config(path)
+    return "test-effnet"
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_backbone(tiny_cnn_arch):
+    import torch
+
+    from adapt.backbone import create_backbone
+
+    torch.manual_seed(0)
+    return create_backbone(tiny_cnn_arch, "imagenet")

@@ -22,18 +22,27 @@ QUICK = {
 
 
 @pytest.fixture(scope="module")
-def context(tmp_path_factory, tiny_backbone):
+def data(tmp_path_factory):
     from conftest import write_brightness_folder
 
-    root = write_brightness_folder(tmp_path_factory.mktemp("data") / "parts", per_class=16)
-    data = load_dataset(root)
+    return load_dataset(write_brightness_folder(tmp_path_factory.mktemp("data") / "parts", per_class=16))
+
+
+@pytest.fixture(scope="module")
+def context(data, tiny_backbone):
     return data, AdaptContext(backbone=tiny_backbone, split=few_shot_split(data.train, 4, seed=1), progress=False, seed=1)
 
 
+@pytest.fixture(scope="module")
+def cnn_context(data, tiny_cnn_backbone):
+    return data, AdaptContext(backbone=tiny_cnn_backbone, split=few_shot_split(data.train, 4, seed=1), progress=False, seed=1)
+
+
 @pytest.mark.integration
+@pytest.mark.parametrize("tower", ["vit", "cnn"])
 @pytest.mark.parametrize("method", list(Method), ids=lambda m: m.value)
-def test_method_ends_in_the_classifier_contract(method, context, tmp_path):
-    data, ctx = context
+def test_method_ends_in_the_classifier_contract(method, tower, request, tmp_path):
+    data, ctx = request.getfixturevalue("context" if tower == "vit" else "cnn_context")
     result = fit(method, ctx, make_config(method, QUICK[method]))
     clf = result.classifier.eval()
     assert clf.labels == ["bright", "dark"] and clf.info.method == method.value
@@ -93,7 +102,7 @@ def test_lora_merges_its_adapters_without_changing_the_function(head, context):
     before = {k: v.clone() for k, v in ctx.backbone.model.visual.state_dict().items()}
     result = fit(Method.LORA, ctx, make_config(Method.LORA, {"epochs": "3", "head": head, "lr": "5e-3"}))
     clf = result.classifier
-    after = clf.visual.state_dict()
+    after = clf.encoder.visual.state_dict()
     assert set(after) == set(before)  # merged: plain module names, no lora_ parameters left
     assert result.params["trainable_parameters"] > 0
     changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -105,6 +114,43 @@ def test_lora_merges_its_adapters_without_changing_the_function(head, context):
     np.testing.assert_allclose(merged, result.val_probabilities, atol=1e-5)
     # the backbone the context holds is untouched
     assert all(torch.equal(v, ctx.backbone.model.visual.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.integration
+def test_lora_on_a_cnn_tower_adapts_its_pointwise_convs_and_keeps_batch_norm_statistics(cnn_context):
+    from adapt.features import load_pixels
+
+    data, ctx = cnn_context
+    before = {k: v.clone() for k, v in ctx.backbone.model.visual.state_dict().items()}
+    result = fit(Method.LORA, ctx, make_config(Method.LORA, {"epochs": "2", "lr": "1e-2", "patience": "5"}))
+    after = result.classifier.encoder.visual.state_dict()
+    assert set(after) == set(before) and result.params["trainable_parameters"] > 0
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    stats = {k for k in before if "running_" in k or "num_batches" in k}
+    assert not (changed & stats)  # batch-norm statistics are ImageNet's, untouched by 8 training images
+    if result.params["best_epoch"] >= 0:
+        assert changed and all(".conv_pw" in k for k in changed)  # conv_pw and conv_pwl, nothing else
+    with torch.no_grad():
+        merged = result.classifier(load_pixels(ctx.split.val, 32, progress=False)).numpy()
+    np.testing.assert_allclose(merged, result.val_probabilities, atol=1e-5)
+
+
+@pytest.mark.unit
+def test_cnn_features_are_pooled_mid_level_stages_for_probes_and_both_for_the_cache(tiny_cnn_backbone, tiny_backbone):
+    from adapt.encoders import EMBEDDING, STAGES, ImageEncoder
+
+    b = tiny_cnn_backbone
+    assert b.encoder_spec("probe").parts == (STAGES,) and b.encoder_spec("cache").parts == (EMBEDDING, STAGES)
+    assert b.encoder_spec("text").parts == (EMBEDDING,)
+    assert tiny_backbone.encoder_spec("probe").parts == (EMBEDDING,)  # a ViT has no stages: its embedding
+    enc = ImageEncoder(b.model.visual, b.encoder_spec("cache")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = enc(x)
+        layout = enc.layout(32)
+        emb = torch.nn.functional.normalize(b.model.visual(x), dim=-1)
+    assert layout.sizes == {EMBEDDING: 32, STAGES: 40 + 112 + 320}
+    assert torch.allclose(feats[:, layout.slice(EMBEDDING)], emb, atol=1e-6)  # the embedding part is the joint space
 
 
 @pytest.mark.unit

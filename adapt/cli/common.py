@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from adapt.defaults import BUILTIN_ARCHS, DEFAULT_ARCH
+
 
 def add_backbone_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("backbone")
-    g.add_argument("--backbone", default="adapt-small", metavar="ARCH",
-                   help="open_clip architecture (built-in adapt-tiny/adapt-small, or any open_clip name such as ViT-B-16); default: %(default)s")
+    g.add_argument("--backbone", default=DEFAULT_ARCH, metavar="ARCH",
+                   help=f"open_clip architecture (built-in: {', '.join(BUILTIN_ARCHS)}; or any open_clip name such as "
+                        "ViT-B-16); default: %(default)s (ImageNet EfficientNet-Lite0 image tower + LiT text tower)")
     g.add_argument("--pretrained", default="default", metavar="WEIGHTS",
-                   help="'default' (this product's pretrained backbone, built on first use), 'none' (random init), "
-                        "a checkpoint file/folder, or an open_clip tag (needs network); default: %(default)s")
+                   help="'default' (this product's pretrained backbone, built once on first use and cached), "
+                        "'imagenet' (EfficientNet-Lite towers: ImageNet image weights, untrained text tower), "
+                        "'none' (random init), a checkpoint file/folder, or an open_clip tag (needs network); default: %(default)s")
     g.add_argument("--device", default="cpu", help="torch device for adaptation, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
 
 

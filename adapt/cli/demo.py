@@ -19,8 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="adaptation method (default: %(default)s)")
     p.add_argument("--shots", type=int, default=16, help="labelled images per class (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="few-shot draw seed (default: %(default)s)")
-    p.add_argument("--backbone", default="adapt-small", help="open_clip architecture (default: %(default)s)")
-    p.add_argument("--pretrained", default="default", help="weights: default (built on first use), none, a file, or a tag")
+    from adapt.defaults import DEFAULT_ARCH
+
+    p.add_argument("--backbone", default=DEFAULT_ARCH, help="open_clip architecture (default: %(default)s)")
+    p.add_argument("--pretrained", default="default", help="weights: default (built on first use), imagenet, none, a file, or a tag")
     p.add_argument("--port", type=int, default=0, help="port of the demo's gRPC server (default: any free port)")
     p.add_argument("--output-dir", default="runs/demo", help="where the demo's model and metrics go (default: %(default)s)")
     p.add_argument("--model-name", default="adapt-demo", help="registered model name (default: %(default)s)")

@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, help="start from a named recipe (default, tiny); other flags override it")
     p.add_argument("--data", default=None, help="comma-separated sources: synthetic, elpv, or manifest files (default: synthetic)")
     p.add_argument("--model", default=None, help="open_clip architecture (default: adapt-small)")
-    p.add_argument("--init", default=None, help="start from these weights (checkpoint file or open_clip tag) instead of random init")
+    p.add_argument("--init", default=None, help="start from these weights (checkpoint file, open_clip tag, 'imagenet' for "
+                   "adapt-effnet-lite0/2, or 'default') instead of random init")
+    p.add_argument("--lock-image", action="store_true", help="LiT: lock the image trunk, train the text tower and the image projection")
     p.add_argument("--loss", choices=("clip", "siglip"), default=None, help="contrastive loss (default: clip)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: 1)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint_every": args.checkpoint_every,
         "output_dir": args.output_dir,
         "resume": args.resume or None,
+        "vision_lr_scale": 0.0 if args.lock_image else None,
         "progress": not args.quiet,
     }
     try:

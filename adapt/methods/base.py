@@ -18,6 +18,7 @@ import torch
 from adapt.backbone import Backbone
 from adapt.classifier import ClassifierInfo
 from adapt.data.fewshot import FewShotSplit
+from adapt.encoders import ImageEncoder
 
 
 class Method(str, Enum):
@@ -43,6 +44,14 @@ class AdaptContext:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.split.train.classes
+
+    def encoder(self, use: str) -> ImageEncoder:
+        """A copy of the backbone's image tower that computes the features for ``use`` (see
+        ``Backbone.encoder_spec``), for a classifier to own."""
+        import copy
+
+        b = self.backbone
+        return ImageEncoder(copy.deepcopy(b.model.visual), b.encoder_spec(use))
 
     def report(self, metrics: dict[str, float], step: int) -> None:
         if self.on_metrics is not None:

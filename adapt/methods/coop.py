@@ -8,7 +8,6 @@ embeddings at the end, so the exported classifier is a plain cosine head.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -133,5 +132,5 @@ def fit_coop(ctx: AdaptContext, cfg: CoOpConfig | None = None) -> FitResult:
         val_probs = torch.softmax(learner(val), dim=-1).numpy() if len(y_val) else None
     head = CosineHead(weights, learner.scale)
     params = {**cfg.__dict__, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
-    clf = ImageClassifier(copy.deepcopy(b.model.visual), head, ctx.info(Method.COOP, params)).eval()
+    clf = ImageClassifier(ctx.encoder("text"), head, ctx.info(Method.COOP, params)).eval()
     return FitResult(clf, params=params, val_probabilities=val_probs, history=result.history)

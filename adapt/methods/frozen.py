@@ -10,11 +10,13 @@ from adapt.methods.base import AdaptContext
 from adapt.methods.prompts import text_class_embeddings
 
 
-def frozen_features(ctx: AdaptContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train features, train labels, val features, val labels), L2-normalised, cached on disk."""
+def frozen_features(ctx: AdaptContext, use: str = "text") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train features, train labels, val features, val labels) as ``ctx.encoder(use)`` computes
+    them, L2-normalised, cached on disk."""
+    spec = ctx.backbone.encoder_spec(use)
     kw = dict(device=ctx.device, progress=ctx.progress, use_cache=ctx.use_feature_cache)
-    train = cached_features(ctx.backbone, ctx.split.train, **kw)
-    val = cached_features(ctx.backbone, ctx.split.val, **kw) if len(ctx.split.val) else torch.empty(0, train.shape[1])
+    train = cached_features(ctx.backbone, ctx.split.train, spec, **kw)
+    val = cached_features(ctx.backbone, ctx.split.val, spec, **kw) if len(ctx.split.val) else torch.empty(0, train.shape[1])
     return train, labels_tensor(ctx.split.train), val, labels_tensor(ctx.split.val)
 
 

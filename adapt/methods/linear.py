@@ -6,7 +6,6 @@ The inverse regularisation strength ``C`` is chosen on the few-shot validation s
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, seed: int) -> Lo
 
 def fit_linear(ctx: AdaptContext, cfg: LinearConfig | None = None) -> FitResult:
     cfg = cfg or LinearConfig()
-    train, y_train, val, y_val = (t.numpy() for t in frozen_features(ctx))
+    train, y_train, val, y_val = (t.numpy() for t in frozen_features(ctx, "probe"))
     num_classes = len(ctx.classes)
     best = None
     for step, c in enumerate(cfg.c_grid):
@@ -57,7 +56,7 @@ def fit_linear(ctx: AdaptContext, cfg: LinearConfig | None = None) -> FitResult:
     weight, bias = _full_weights(model, num_classes)
     head = LinearHead(torch.from_numpy(weight), torch.from_numpy(bias))
     info = ctx.info(Method.LINEAR, {"C": c})
-    clf = ImageClassifier(copy.deepcopy(ctx.backbone.model.visual), head, info).eval()
+    clf = ImageClassifier(ctx.encoder("probe"), head, info).eval()
     val_probs = model.predict_proba(val) if len(val) else None
     return FitResult(clf, params={"C": c, "c_grid": cfg.c_grid}, val_probabilities=val_probs)
 

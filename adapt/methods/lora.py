@@ -1,7 +1,10 @@
 """LoRA (Hu et al. 2021; CLIP-LoRA, Zanella & Ben Ayed 2024) on the vision and/or text tower.
 
 peft injects low-rank adapters into the transformer blocks' attention (``attn``, the
-``nn.MultiheadAttention``) and MLP (``mlp.c_fc``, ``mlp.c_proj``); only the adapters train.
+``nn.MultiheadAttention``) and MLP (``mlp.c_fc``, ``mlp.c_proj``) of ViT towers, or into the
+1x1 convolutions of a CNN tower's inverted-residual blocks (``conv_pw`` expands, ``conv_pwl``
+projects) from stage ``cnn_from_block`` on; only the adapters train. The CNN's batch-norm
+statistics stay frozen (16 images per class cannot re-estimate them).
 Two heads:
 - ``text`` (CLIP-LoRA): logits are the cosine similarity between image features and the
   prompt-ensemble class embeddings, recomputed each step when the text tower is adapted;
@@ -25,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from adapt.classifier import CosineHead, ImageClassifier, PixelNormalizer
+from adapt.encoders import ImageEncoder, freeze_norm_stats
 from adapt.errors import AdaptError
 from adapt.features import labels_tensor, load_pixels
 from adapt.methods.base import AdaptContext, FitResult, Method
@@ -36,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 TOWER_PREFIXES = {"vision": (r"visual\.transformer",), "text": (r"transformer", r"text\.transformer")}
 BLOCK_MODULES = {"attn": "attn", "c_fc": r"mlp\.c_fc", "c_proj": r"mlp\.c_proj"}
+CNN_MODULES = {"conv_pw": "conv_pw", "conv_pwl": "conv_pwl"}
+VIT_DEFAULT, CNN_DEFAULT = ["attn", "c_fc", "c_proj"], ["conv_pw", "conv_pwl"]
 
 
 HEADS = ("linear-probe", "text")
@@ -45,7 +51,8 @@ HEADS = ("linear-probe", "text")
 class LoraConfig:
     head: str = "linear-probe"  # linear-probe (LP-FT) or text (CLIP-LoRA: cosine to class prompts)
     towers: list[str] = field(default_factory=lambda: ["vision", "text"])  # which encoders get adapters (text: only with head=text)
-    modules: list[str] = field(default_factory=lambda: ["attn", "c_fc", "c_proj"])  # which block parts
+    modules: list[str] = field(default_factory=lambda: ["auto"])  # block parts: attn,c_fc,c_proj (ViT) or conv_pw,conv_pwl (CNN); auto = all of the tower's
+    cnn_from_block: int = 3  # CNN towers: adapt blocks from this stage on (timm blocks index)
     rank: int = 4  # LoRA rank r
     alpha: float = 8.0  # LoRA scaling numerator (scale = alpha / r)
     dropout: float = 0.1  # dropout on the LoRA branch input
@@ -60,8 +67,9 @@ class LoraConfig:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if not set(self.towers) <= set(TOWER_PREFIXES) or not self.towers:
             raise ValueError(f"towers must be a non-empty subset of {sorted(TOWER_PREFIXES)}")
-        if not set(self.modules) <= set(BLOCK_MODULES) or not self.modules:
-            raise ValueError(f"modules must be a non-empty subset of {sorted(BLOCK_MODULES)}")
+        known = {"auto", *BLOCK_MODULES, *CNN_MODULES}
+        if not set(self.modules) <= known or not self.modules:
+            raise ValueError(f"modules must be a non-empty subset of {sorted(known)}")
         if self.rank < 1:
             raise ValueError("rank must be >= 1")
 
@@ -69,10 +77,24 @@ class LoraConfig:
         """The text tower takes no part in a linear-probe head, so it gets no adapters then."""
         return [t for t in self.towers if t == "vision" or self.head == "text"]
 
-    def target_regex(self) -> str:
-        prefixes = "|".join(p for t in self.adapted_towers() for p in TOWER_PREFIXES[t])
-        parts = "|".join(BLOCK_MODULES[m] for m in self.modules)
-        return rf"^({prefixes})\.resblocks\.\d+\.({parts})$"
+    def target_regex(self, cnn_vision: bool = False) -> str:
+        """Module names for peft; ``cnn_vision`` when the image tower is a timm CNN."""
+        towers = self.adapted_towers()
+        patterns = []
+        vit_towers = [t for t in towers if not (t == "vision" and cnn_vision)]
+        if vit_towers:
+            mods = [m for m in (VIT_DEFAULT if "auto" in self.modules else self.modules) if m in BLOCK_MODULES]
+            if mods:
+                prefixes = "|".join(p for t in vit_towers for p in TOWER_PREFIXES[t])
+                patterns.append(rf"({prefixes})\.resblocks\.\d+\.({'|'.join(BLOCK_MODULES[m] for m in mods)})")
+        if "vision" in towers and cnn_vision:
+            mods = [m for m in (CNN_DEFAULT if "auto" in self.modules else self.modules) if m in CNN_MODULES]
+            if mods:
+                blocks = "|".join(str(b) for b in range(self.cnn_from_block, 16))
+                patterns.append(rf"visual\.trunk\.blocks\.({blocks})\.\d+\.({'|'.join(mods)})")
+        if not patterns:
+            raise AdaptError(f"LoRA modules {self.modules} do not exist in the adapted tower(s) {towers}")
+        return "^(" + "|".join(patterns) + ")$"
 
 
 class AugmentedPixels(Dataset):
@@ -105,12 +127,19 @@ class AugmentedPixels(Dataset):
         return img.permute(1, 2, 0), self.labels[i]
 
 
-class LoraNet(nn.Module):
+class _FrozenNormStats(nn.Module):
+    """A module whose batch-norm layers stay in eval mode while the rest trains."""
+
+    def train(self, mode: bool = True):
+        return freeze_norm_stats(super().train(mode))
+
+
+class LoraNet(_FrozenNormStats):
     """pixels -> cosine logits through a LoRA-adapted CLIP (``model`` already holds the adapters)."""
 
-    def __init__(self, model, tokenizer, classes, descriptions, mean, std, scale: float, adapt_text: bool) -> None:
+    def __init__(self, model, encoder: ImageEncoder, tokenizer, classes, descriptions, mean, std, scale: float, adapt_text: bool) -> None:
         super().__init__()
-        self.model, self.adapt_text, self.scale = model, adapt_text, scale
+        self.model, self.encoder, self.adapt_text, self.scale = model, encoder, adapt_text, scale
         self.normalize = PixelNormalizer(mean, std)
         prompts = [[t.format(class_text(c, descriptions)) for t in DEFAULT_TEMPLATES] for c in classes]
         self.register_buffer("tokens", torch.stack([tokenizer(p) for p in prompts]), persistent=False)
@@ -123,21 +152,21 @@ class LoraNet(nn.Module):
         return F.normalize(emb.view(c, t, -1).mean(dim=1), dim=-1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        feats = F.normalize(self.model.encode_image(self.normalize(pixels)).float(), dim=-1)
+        feats = F.normalize(self.encoder(self.normalize(pixels)).float(), dim=-1)
         text = self.class_embeddings() if self.adapt_text else self.fixed_text
         return self.scale * feats @ text.T
 
 
-class LoraProbeNet(nn.Module):
+class LoraProbeNet(_FrozenNormStats):
     """pixels -> linear head over L2-normalised features of a LoRA-adapted image tower."""
 
-    def __init__(self, model, head: nn.Module, mean, std) -> None:
+    def __init__(self, encoder: ImageEncoder, head: nn.Module, mean, std) -> None:
         super().__init__()
-        self.model, self.head = model, head
+        self.encoder, self.head = encoder, head
         self.normalize = PixelNormalizer(mean, std)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(F.normalize(self.model.encode_image(self.normalize(pixels)).float(), dim=-1))
+        return self.head(F.normalize(self.encoder(self.normalize(pixels)).float(), dim=-1))
 
 
 def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
@@ -156,21 +185,24 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
 
         probe = fit_linear(ctx).classifier.head  # the starting head, fitted on frozen features
     model = copy.deepcopy(b.model).float()
+    cnn = bool(b.feature_stages)
     peft_cfg = PeftLoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_regex(), bias="none"
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_regex(cnn), bias="none"
     )
     try:
         peft_model = get_peft_model(model, peft_cfg)
     except ValueError as exc:
         raise AdaptError(f"LoRA found no {cfg.modules} modules in the {cfg.towers} tower(s) of {b.arch}: {exc}") from exc
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    inner = peft_model.base_model.model
+    spec = b.encoder_spec("probe" if probe is not None else "text")
     if probe is not None:
-        net = LoraProbeNet(peft_model.base_model.model, probe, b.mean, b.std)
+        net = LoraProbeNet(ImageEncoder(inner.visual, spec), probe, b.mean, b.std)
         trainable += sum(p.numel() for p in probe.parameters())
     else:
         net = LoraNet(
-            peft_model.base_model.model, b.tokenizer, ctx.classes, ctx.descriptions, b.mean, b.std, logit_scale(ctx),
-            "text" in cfg.adapted_towers(),
+            inner, ImageEncoder(inner.visual, spec), b.tokenizer, ctx.classes, ctx.descriptions, b.mean, b.std,
+            logit_scale(ctx), "text" in cfg.adapted_towers(),
         )
     logger.info("LoRA: %d trainable parameters (rank %d, towers %s, %s head)", trainable, cfg.rank, ",".join(cfg.adapted_towers()), cfg.head)
     train_px = load_pixels(ctx.split.train, b.image_size, b.resize_mode, ctx.progress)
@@ -191,7 +223,7 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
         head = probe if probe is not None else CosineHead(net.class_embeddings(), net.scale)
     merged = peft_model.merge_and_unload()
     params = {**cfg.__dict__, "trainable_parameters": trainable, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
-    clf = ImageClassifier(merged.visual, head, ctx.info(Method.LORA, params)).eval()
+    clf = ImageClassifier(ImageEncoder(merged.visual, spec), head, ctx.info(Method.LORA, params)).eval()
     for p in clf.parameters():
         p.requires_grad_(False)
     return FitResult(clf, params=params, val_probabilities=val_probs, history=result.history)

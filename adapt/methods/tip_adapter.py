@@ -8,7 +8,6 @@ best epoch is chosen on validation, and alpha/beta are searched again.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,8 +36,9 @@ def _search(head: TipAdapterHead, cfg: TipAdapterConfig, val, y_val, ctx: AdaptC
     """Grid search of (alpha, beta) on the validation features; the affinities are computed once."""
     y = y_val.numpy()
     with torch.no_grad():
-        zero_shot = (head.logit_scale * val @ head.text_weight.T).numpy()
-        affinity = (val @ head.keys.T).numpy()
+        text_part, cache_part = head.split(val)
+        zero_shot = (head.logit_scale * text_part @ head.text_weight.T).numpy()
+        affinity = (cache_part @ head.keys.T).numpy()
     values = head.values.numpy()
     best = None
     for beta in cfg.beta_grid:
@@ -57,9 +57,14 @@ def _search(head: TipAdapterHead, cfg: TipAdapterConfig, val, y_val, ctx: AdaptC
 
 def fit_tip_adapter(ctx: AdaptContext, cfg: TipAdapterConfig | None = None) -> FitResult:
     cfg = cfg or TipAdapterConfig()
-    train, y_train, val, y_val = frozen_features(ctx)
+    train, y_train, val, y_val = frozen_features(ctx, "cache")
     values = F.one_hot(y_train, num_classes=len(ctx.classes)).float()
-    head = TipAdapterHead(class_embeddings(ctx), train, values, 1.0, 1.0, logit_scale(ctx))
+    encoder = ctx.encoder("cache")
+    text_dim = encoder.layout(ctx.backbone.image_size).sizes.get("embedding", 0) if len(encoder.spec.parts) > 1 else 0
+    head = TipAdapterHead(class_embeddings(ctx), train, values, 1.0, 1.0, logit_scale(ctx), text_dim=text_dim)
+    _, keys = head.split(train)
+    with torch.no_grad():
+        head.keys.data = keys.clone()
     has_val = len(y_val) > 0
     alpha, beta = _search(head, cfg, val, y_val, ctx) if has_val else (1.0, 1.0)
     head.alpha, head.beta = alpha, beta
@@ -87,5 +92,5 @@ def fit_tip_adapter(ctx: AdaptContext, cfg: TipAdapterConfig | None = None) -> F
     with torch.no_grad():
         val_probs = torch.softmax(head(val), dim=-1).numpy() if has_val else None
     info = ctx.info(Method.TIP_ADAPTER, params)
-    clf = ImageClassifier(copy.deepcopy(ctx.backbone.model.visual), head, info).eval()
+    clf = ImageClassifier(encoder, head, info).eval()
     return FitResult(clf, params=params, val_probabilities=val_probs, history=history)

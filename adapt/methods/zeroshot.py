@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -23,9 +22,10 @@ def fit_zeroshot(ctx: AdaptContext, cfg: ZeroShotConfig | None = None) -> FitRes
     head = CosineHead(weights, logit_scale(ctx))
     val_probs = None
     if len(ctx.split.val):  # only for choosing the reject threshold
-        val = cached_features(ctx.backbone, ctx.split.val, device=ctx.device, progress=ctx.progress, use_cache=ctx.use_feature_cache)
+        val = cached_features(ctx.backbone, ctx.split.val, ctx.backbone.encoder_spec("text"), device=ctx.device,
+                              progress=ctx.progress, use_cache=ctx.use_feature_cache)
         with torch.no_grad():
             val_probs = torch.softmax(head(val), dim=-1).numpy()
     info = ctx.info(Method.ZEROSHOT, {"descriptions": dict(ctx.descriptions)})
-    clf = ImageClassifier(copy.deepcopy(ctx.backbone.model.visual), head, info).eval()
+    clf = ImageClassifier(ctx.encoder("text"), head, info).eval()
     return FitResult(clf, params={"logit_scale": head.logit_scale}, val_probabilities=val_probs)

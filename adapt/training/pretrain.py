@@ -20,10 +20,11 @@ import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 
 from adapt.classifier import PixelNormalizer
+from adapt.encoders import freeze_norm_stats
 
 # The image tower's output head (final norm + projection to the joint space): always trained at
 # the full learning rate, so even a locked trunk can meet the text tower.
-IMAGE_HEAD = {"proj", "ln_post.weight", "ln_post.bias"}
+IMAGE_HEAD = {"proj", "ln_post.weight", "ln_post.bias", "head.proj.weight", "head.proj.bias"}  # ViT, timm CNN
 
 
 class ContrastivePretraining(L.LightningModule):
@@ -62,6 +63,12 @@ class ContrastivePretraining(L.LightningModule):
             self.ssl_head = torch.nn.Sequential(
                 torch.nn.Linear(dim, 512), torch.nn.BatchNorm1d(512), torch.nn.ReLU(inplace=True), torch.nn.Linear(512, 128)
             )
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "vision_lr_scale", 1.0) == 0:  # a locked CNN trunk keeps its batch-norm statistics too
+            freeze_norm_stats(self.model.visual)
+        return self
 
     def setup(self, stage: str) -> None:
         trainer = self._trainer  # None when used outside a Trainer (e.g. to measure a loss)

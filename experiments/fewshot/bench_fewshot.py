@@ -57,14 +57,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shots", default="1,2,4,8,16")
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--methods", default=",".join(METHODS) + ",cnn")
-    p.add_argument("--arch", default="adapt-small", help="backbone architecture")
+    p.add_argument("--arch", default=None, help="backbone architecture (default: the product's, adapt.defaults.DEFAULT_ARCH)")
     p.add_argument("--pretrained", default="default", help="weights of the pretrained backbone (default: the product's)")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the randomly initialised backbone")
+    p.add_argument("--random-methods", default=None, help="methods run on the random-init baseline (default: all but zeroshot)")
     p.add_argument("--transfer-shots", default="16", help="shots for the mono<->poly transfer tasks")
     p.add_argument("--out", default=str(HERE), help="folder for runs.csv, results.md, fewshot.png")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--no-tracking", action="store_true")
     args = p.parse_args(argv)
+    if args.arch is None:
+        from adapt.defaults import DEFAULT_ARCH
+
+        args.arch = DEFAULT_ARCH
     if args.quick:
         args.tasks, args.shots = "binary", "4,16"
     return args
@@ -118,7 +123,7 @@ def evaluate(classifier, task: Task, backbone, method: str) -> np.ndarray:
             px = task.test_pixels(backbone.image_size)
             out = torch.cat([classifier(px[i : i + 128]) for i in range(0, len(px), 128)])
             return (torch.softmax(out, dim=-1) if method == "cnn" else out).numpy()  # the CNN returns logits
-        feats = cached_features(backbone, task.test, progress=False)
+        feats = cached_features(backbone, task.test, classifier.encoder.spec, progress=False)
         return torch.softmax(classifier.head(feats), dim=-1).numpy()
 
 
@@ -162,7 +167,8 @@ def plan(args) -> list[tuple[str, Backbone, str, int, int]]:
                         jobs.append((task, random, "cnn", k, seed))
                         continue
                     jobs.append((task, default, method, k, seed))
-                    if not args.no_random_baseline and method != "zeroshot" and "->" not in task:
+                    on_random = method != "zeroshot" if args.random_methods is None else method in args.random_methods.split(",")
+                    if not args.no_random_baseline and on_random and "->" not in task:
                         jobs.append((task, random, method, k, seed))
     return jobs
 

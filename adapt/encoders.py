@@ -1,0 +1,119 @@
+"""Image encoders: what a classifier computes from normalised pixels before its head.
+
+An ``ImageEncoder`` wraps a backbone's image tower and returns the concatenation of one or
+more *parts*, each L2-normalised:
+
+- ``embedding``: the joint image-text embedding (``model.visual(x)``), the space the text tower
+  speaks (zero-shot, CoOp, text heads, Tip-Adapter's zero-shot term);
+- ``stages``: a CNN trunk's intermediate feature maps at ``stages`` (timm
+  ``forward_intermediates`` indices), each globally average-pooled and L2-normalised, then
+  concatenated. Defects are small and local; mid-level maps keep them, where the last layer
+  has pooled them into ImageNet object evidence (measured: experiments/backbone/).
+
+A tower without intermediate stages (the ViTs) only has the embedding; asking it for
+``stages`` gives the embedding instead, so every method works on every backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EMBEDDING, STAGES = "embedding", "stages"
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which parts an encoder returns; travels in ``ClassifierInfo`` so a saved classifier rebuilds."""
+
+    parts: tuple[str, ...] = (EMBEDDING,)
+    stages: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parts", tuple(self.parts))
+        object.__setattr__(self, "stages", tuple(int(s) for s in self.stages))
+        if not self.parts or not set(self.parts) <= {EMBEDDING, STAGES}:
+            raise ValueError(f"encoder parts must be a non-empty subset of {EMBEDDING}, {STAGES}: {self.parts}")
+        if STAGES in self.parts and not self.stages:
+            raise ValueError("the 'stages' part needs stage indices")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "EncoderSpec":
+        return cls(**(d or {}))
+
+    def key(self) -> str:
+        return f"{'+'.join(self.parts)}:{','.join(map(str, self.stages))}"
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Where each part sits in the concatenated feature vector (for heads that use one part)."""
+
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def slice(self, part: str) -> slice:
+        start = 0
+        for name, size in self.sizes.items():
+            if name == part:
+                return slice(start, start + size)
+            start += size
+        raise KeyError(part)
+
+
+def spec_for(visual: nn.Module, parts: tuple[str, ...], stages: tuple[int, ...]) -> EncoderSpec:
+    """``parts`` on this tower: ``stages`` becomes ``embedding`` where the tower has no trunk stages."""
+    if not stages or not hasattr(getattr(visual, "trunk", None), "forward_intermediates"):
+        return EncoderSpec((EMBEDDING,))
+    return EncoderSpec(parts, stages)
+
+
+def freeze_norm_stats(module: nn.Module) -> nn.Module:
+    """Put every batch-norm layer of ``module`` in eval mode (call after ``module.train()``): a
+    locked or few-shot-tuned CNN must keep its ImageNet statistics."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return module
+
+
+class ImageEncoder(nn.Module):
+    """normalised images ``[N, 3, H, W]`` -> features ``[N, D]`` (the parts of ``spec``, concatenated)."""
+
+    def __init__(self, visual: nn.Module, spec: EncoderSpec = EncoderSpec()) -> None:
+        super().__init__()
+        self.visual, self.spec = visual, spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.parts == (EMBEDDING,):
+            return F.normalize(self.visual(x), dim=-1)
+        trunk = self.visual.trunk
+        need_embedding = EMBEDDING in self.spec.parts
+        final, maps = trunk.forward_intermediates(x, indices=list(self.spec.stages), stop_early=not need_embedding)
+        out = []
+        for part in self.spec.parts:
+            if part == EMBEDDING:
+                out.append(F.normalize(self.visual.head(trunk.forward_head(final)), dim=-1))
+            else:
+                pooled = [F.normalize(m.mean(dim=(2, 3)), dim=-1) for m in maps]
+                out.append(F.normalize(torch.cat(pooled, dim=1), dim=-1))
+        return torch.cat(out, dim=1)
+
+    @torch.no_grad()
+    def layout(self, image_size: int) -> FeatureLayout:
+        """The size of each part, measured on one blank image."""
+        was_training = self.training
+        self.eval()
+        x = torch.zeros(1, 3, image_size, image_size, device=next(self.parameters()).device)
+        sizes = {}
+        if EMBEDDING in self.spec.parts:
+            sizes[EMBEDDING] = int(self.visual(x).shape[1])
+        if STAGES in self.spec.parts:
+            sizes[STAGES] = int(ImageEncoder(self.visual, EncoderSpec((STAGES,), self.spec.stages))(x).shape[1])
+        self.train(was_training)
+        return FeatureLayout({p: sizes[p] for p in self.spec.parts})

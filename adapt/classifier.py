@@ -91,13 +91,15 @@ class TipAdapterHead(nn.Module):
 
     kind = "tip-adapter"
 
-    def __init__(self, text_weight, keys, values, alpha: float, beta: float, logit_scale: float, text_dim: int = 0) -> None:
+    def __init__(self, text_weight, keys, values, alpha: float, beta: float, logit_scale: float, text_dim: int = 0,
+                 text_weight_scale: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("text_weight", F.normalize(text_weight.detach().float(), dim=-1))
         self.keys = nn.Parameter(F.normalize(keys.detach().float(), dim=-1))
         self.register_buffer("values", values.detach().float())
         self.alpha, self.beta, self.logit_scale = float(alpha), float(beta), float(logit_scale)
         self.text_dim = int(text_dim)
+        self.text_weight_scale = float(text_weight_scale)  # gamma: 1 as in the paper, 0 = the cache alone
 
     def split(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features for the zero-shot term, features for the cache)."""
@@ -107,7 +109,7 @@ class TipAdapterHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         text_part, cache_part = self.split(features)
-        zero_shot = self.logit_scale * text_part @ self.text_weight.T
+        zero_shot = (self.text_weight_scale * self.logit_scale) * text_part @ self.text_weight.T
         affinity = cache_part @ self.keys.T
         cache = torch.exp(-self.beta * (1.0 - affinity)) @ self.values
         return zero_shot + self.alpha * cache
@@ -122,13 +124,15 @@ class TipAdapterHead(nn.Module):
             "logit_scale": self.logit_scale,
             "text_dim": self.text_dim,
             "text_width": self.text_weight.shape[1],
+            "text_weight_scale": self.text_weight_scale,
         }
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TipAdapterHead":
         c, d, n = cfg["num_classes"], cfg["dim"], cfg["num_keys"]
         text = torch.zeros(c, cfg.get("text_width", d))
-        return cls(text, torch.ones(n, d), torch.zeros(n, c), cfg["alpha"], cfg["beta"], cfg["logit_scale"], cfg.get("text_dim", 0))
+        return cls(text, torch.ones(n, d), torch.zeros(n, c), cfg["alpha"], cfg["beta"], cfg["logit_scale"], cfg.get("text_dim", 0),
+                   cfg.get("text_weight_scale", 1.0))
 
 
 HEADS = {h.kind: h for h in (CosineHead, LinearHead, TipAdapterHead)}

@@ -73,6 +73,8 @@ class RunHooks:
 
     def started(self, params: dict) -> None: ...
 
+    def dataset(self, name: str, fingerprint: str, source: str, counts: dict[str, int]) -> None: ...
+
     def lightning_loggers(self) -> list:
         return []
 
@@ -142,6 +144,8 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         **{f"hp.{k}": v for k, v in asdict(method_cfg).items()},
     }
     hooks.started(params)
+    counts = {"train_pool": len(data.train), "test": len(data.test), "few_shot_train": len(split.train), "few_shot_val": len(split.val)}
+    hooks.dataset(data.name, params["dataset_fingerprint"], str(cfg.data), counts)
 
     t1 = time.perf_counter()
     ctx = AdaptContext(

@@ -4,7 +4,9 @@ The reusable part is small: ``resolve_tracking_uri`` (``--tracking-uri`` > ``MLF
 > the embedded ``sqlite:///mlflow.db``), ``preflight`` (fail in seconds, before any work, when
 the store cannot be reached) and ``start_run`` -> ``TrackedRun`` (params, metrics, artifacts, a
 Lightning logger bound to the run, ``end``). Everything goes through an ``MlflowClient`` bound
-to the given URI; no fluent (global) run is started.
+to the given URI; no fluent (global) run is started. Experiments are tagged as classic ML
+(``mlflow.experimentKind``) so the UI opens on their runs; runs carry host + PID tags, and
+``preflight`` marks RUNNING runs of this host whose process is gone (``kill -9``) as KILLED.
 
 The retrain part: ``RetrainTracker`` plugs into ``adapt.retrain.RunHooks``; ``log_retrain_result``
 logs a finished retrain output folder (final metrics, confusion matrix, metrics JSON, labels, the
@@ -45,6 +47,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PREFLIGHT_TIMEOUT_S = 5
 RUN_HTTP_MAX_RETRIES = "2"  # during a run: a dropped server fails in seconds, not after minutes of backoff
 MODEL_NAME_IN_RUN = "classifier"  # name of the logged MLflow model in the run
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3 UI: a runs page
+HOST_TAG, PID_TAG, PID_START_TAG = "adapt.host", "adapt.pid", "adapt.pid_start"
 _MAX_PARAM_CHARS = 6000
 _METRIC_NAME_BAD = re.compile(r"[^\w\-./ ]")
 
@@ -153,6 +157,57 @@ def preflight(tracking_uri: str, timeout_s: int = PREFLIGHT_TIMEOUT_S) -> None:
             mlflow_client(tracking_uri).search_experiments(max_results=1)
     except Exception as exc:  # MlflowException, requests/sqlalchemy errors
         raise TrackingError(f"MLflow tracking store {tracking_uri} is not usable ({first_line(exc)}); {hint}") from exc
+    mark_dead_runs(tracking_uri)
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux: clock ticks since boot), to tell a reused PID apart; None if unknown.
+    A zombie (killed, not yet reaped) counts as gone: returns ``"zombie"``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields 3.. of proc(5); the command name may hold spaces
+    return "zombie" if fields[0] == "Z" else fields[19]
+
+
+def _process_alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, belongs to someone else
+        pass
+    now = _process_start(pid)
+    return now != "zombie" and (not started or now is None or now == started)
+
+
+def mark_dead_runs(tracking_uri: str) -> list[str]:
+    """Mark KILLED the RUNNING runs that a process on this host started and that process is gone
+    (``kill -9``, out of memory, power loss); one warning line says so. Returns their run ids.
+    Never raises: this is housekeeping on the way to the real work."""
+    host = socket.gethostname()
+    try:
+        client = mlflow_client(tracking_uri)
+        with quick_requests():
+            experiments = [e.experiment_id for e in client.search_experiments()]
+            running = client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=1000) if experiments else []
+            dead = []
+            for run in running:
+                tags = run.data.tags
+                if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
+                    continue
+                if not _process_alive(int(tags[PID_TAG]), tags.get(PID_START_TAG)):
+                    client.set_tag(run.info.run_id, "adapt.end_reason", f"process {tags[PID_TAG]} ended without finishing the run")
+                    client.set_terminated(run.info.run_id, "KILLED")
+                    dead.append(run)
+    except Exception as exc:
+        logger.debug("could not look for MLflow runs left RUNNING by dead processes: %s", first_line(exc))
+        return []
+    if dead:
+        names = ", ".join(f"{r.info.run_name or '?'} ({r.info.run_id[:8]})" for r in dead[:3]) + (", ..." if len(dead) > 3 else "")
+        logger.warning("marked %d MLflow run(s) KILLED: their process on %s is gone without finishing them: %s", len(dead), host, names)
+    return [r.info.run_id for r in dead]
 
 
 @functools.cache
@@ -178,10 +233,13 @@ def run_tags(command: str) -> dict[str, str]:
     tags = {
         "adapt.command": command,
         "adapt.version": __version__,
-        "adapt.host": socket.gethostname(),
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
         "mlflow.source.name": f"adapt {command}",
         "mlflow.source.type": "LOCAL",
     }
+    if (started := _process_start(os.getpid())) is not None:
+        tags[PID_START_TAG] = started
     with contextlib.suppress(Exception):
         tags["mlflow.user"] = getpass.getuser()
     git = _git_commit()
@@ -201,13 +259,15 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
             slug = re.sub(r"[^\w.-]+", "_", name).strip("._") or "experiment"
             location = (db.expanduser().resolve().parent / "mlruns" / slug).as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # created concurrently by another run
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
         raise TrackingError(f"MLflow experiment '{name}' is deleted; restore it in the MLflow UI or pass another --experiment")
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # made before we tagged, or by someone else: still classic ML
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
 
 
@@ -277,6 +337,15 @@ class TrackedRun:
 
         items = [RunTag(str(k), str(v)) for k, v in tags.items()]
         self._call("setting tags", self.client.log_batch, self.run_id, tags=items)
+
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict, context: str = "training") -> None:
+        """The run's dataset input (what the MLflow runs table shows in its Dataset column)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = Dataset(name, digest, "local", json.dumps({"uri": source}), profile=json.dumps(profile))
+        inputs = [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        self._call("logging the dataset", self.client.log_inputs, self.run_id, datasets=inputs)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call("artifact upload", self.client.log_artifact, self.run_id, str(path), artifact_path)
@@ -576,6 +645,14 @@ class RetrainTracker:
     def started(self, params: dict) -> None:
         self.experiment = self.experiment or default_experiment("retrain", str(params.get("dataset", "data")))
         self.run = start_run(self.tracking_uri, self.experiment, run_name_for(params), params, command="retrain")
+
+    def dataset(self, name: str, fingerprint: str, source: str, counts: dict[str, int]) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log_dataset(name, fingerprint, source, counts)
+        except TrackingError as exc:  # the run still has the fingerprint as a param
+            logger.warning("%s", exc)
 
     def lightning_loggers(self) -> list:
         return [self.run.lightning_logger()] if self.run and not self.run.broken else []

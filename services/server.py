@@ -9,6 +9,7 @@ request. Batching happens in ``services.batching``, independent of the transport
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -147,6 +148,8 @@ class InspectionServer:
             self._server,
         )
         self.port = self._bind(credentials)
+        if warning := exposure_warning(cfg, self.port):
+            logger.warning("%s", warning)
         self._server.start()
         self._update_health()
         for hosted in self.models:
@@ -251,6 +254,31 @@ class InspectionServer:
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", SERVICE_NAME):
             self.health.set(service, status)
+
+
+def exposure_warning(cfg: ServeConfig, port: int) -> str | None:
+    """One line when the server listens beyond this machine without a token and/or TLS, else None."""
+    if _is_loopback(cfg.host) or (cfg.token_file and cfg.tls_cert):
+        return None
+    missing = " or ".join(m for m, on in (("a token", cfg.token_file), ("TLS", cfg.tls_cert)) if not on)
+    how = []
+    if not cfg.token_file:
+        how.append("--token-file FILE (one secret per line; clients pass --token-file too)")
+    if not cfg.tls_cert:
+        how.append("--tls-cert PEM --tls-key PEM")
+    return (
+        f"serving on {_host_for_url(cfg.host)}:{port} without {missing}: anyone who can reach this port can use it; "
+        f"add {' and '.join(how)}, or listen on this machine only with --host 127.0.0.1"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: may well be reachable from elsewhere
+        return False
 
 
 def _host_for_url(host: str) -> str:

@@ -84,3 +84,34 @@ def tiny_cnn_backbone(tiny_cnn_arch):
 
     torch.manual_seed(0)
     return create_backbone(tiny_cnn_arch, "imagenet")
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# What `adapt` writes into its working directory by default; the tests must write none of it here.
+DEFAULT_OUTPUTS = ("mlflow.db", "mlruns", "mlartifacts", "runs", "feedback", "lightning_logs")
+
+
+def _footprint(root: Path) -> dict[str, tuple]:
+    """Each default output present in ``root``: its mtime and (folders) entries or (files) size."""
+    found = {}
+    for name in DEFAULT_OUTPUTS:
+        path = root / name
+        if path.exists():
+            st = path.stat()
+            found[name] = (st.st_mtime_ns, sorted(p.name for p in path.iterdir()) if path.is_dir() else st.st_size)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_outputs(tmp_path_factory):
+    """MLflow runs of the tests land in a store under pytest's tmp dirs (subprocesses inherit it),
+    and the session fails if the checkout gained or changed mlflow.db, mlruns/, runs/, ..."""
+    store = tmp_path_factory.mktemp("mlflow-store")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    before = _footprint(REPO_ROOT)
+    yield
+    patch.undo()
+    after = _footprint(REPO_ROOT)
+    changed = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
+    assert not changed, f"tests wrote into the checkout {REPO_ROOT}: {', '.join(changed)} (use tmp_path and cwd=tmp_path)"

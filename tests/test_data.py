@@ -71,8 +71,25 @@ def test_corrupt_image_is_skipped_with_a_warning_naming_it(brightness_folder, ca
         splits = load_dataset(brightness_folder)
     assert "broken.png" in caplog.text
     assert all("broken" not in k for k in splits.train.keys + splits.test.keys)
+    summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped ")]
+    assert summaries == ["skipped 1 unreadable image(s) of 25 (dark: 1 of 13)"]  # the whole dataset, once
+    assert len(splits.train) + len(splits.test) == 24
     with pytest.raises(DataError, match="broken.png"):
         load_dataset(brightness_folder, strict=True)
+
+
+def test_unreadable_images_are_counted_per_class_across_both_splits(brightness_folder, caplog):
+    broken = [brightness_folder / "dark" / f"broken{i}.png" for i in range(3)] + [brightness_folder / "bright" / "bad.jpg"]
+    for path in broken:
+        path.write_bytes(b"not an image")
+    with caplog.at_level(logging.WARNING):
+        splits = load_dataset(brightness_folder)
+    per_file = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping unreadable image")]
+    assert sorted(p.name for p in broken if any(p.name in m for m in per_file)) == sorted(p.name for p in broken)
+    assert len(per_file) == 4
+    summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped ")]
+    assert summaries == ["skipped 4 unreadable image(s) of 28 (bright: 1 of 13, dark: 3 of 15)"]
+    assert splits.train.class_counts()["dark"] + splits.test.class_counts()["dark"] == 12
 
 
 def test_class_with_one_image_cannot_be_held_out(brightness_folder):

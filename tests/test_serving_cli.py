@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,7 +22,6 @@ from adapt.cli import main
 from services.client import InspectionClient
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def _adapt(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "adapt", *args],
-        cwd=kwargs.pop("cwd", REPO),
+        cwd=kwargs.pop("cwd"),  # a tmp dir: nothing lands in the checkout
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -99,15 +99,46 @@ def test_classify_writes_csv_and_reports_bad_files(server, parts, tmp_path, caps
     assert "1 failed" in capsys.readouterr().err
 
 
-def test_unreachable_server_is_a_one_line_error(parts, capsys):
-    started = time.monotonic()
-    code = main(["classify", "--server", f"127.0.0.1:{free_port()}", "--timeout", "2", str(parts)])
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_unreachable_server_is_a_one_line_error_and_leaves_no_csv(host, parts, tmp_path, capsys, caplog):
+    target = f"{host}:{free_port()}"
+    out_csv = tmp_path / "out.csv"
+    with caplog.at_level(logging.INFO):
+        code = main(["classify", "--server", target, "--timeout", "2", "--csv", str(out_csv), str(parts)])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1
-    assert err.startswith("adapt classify: error: cannot reach server 127.0.0.1:")
-    assert time.monotonic() - started < 10
+    assert err == f"adapt classify: error: cannot reach server {target} (connection refused); is `adapt serve` running?"
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]  # no retry chatter without -v
+    assert list(tmp_path.iterdir()) == [parts]  # neither out.csv nor a half-written part file
     assert main(["classify", "--server", "127.0.0.1:1", str(parts / "missing.png")]) == 1
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_wait_ready_gives_up_after_its_timeout_with_one_line(parts, capsys):
+    target = f"127.0.0.1:{free_port()}"
+    assert main(["classify", "--server", target, "--wait-ready", "1", str(parts)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"adapt classify: error: server {target} not ready after 1s (connection refused); is `adapt serve` running?"
+
+
+def test_wait_ready_waits_for_a_server_that_starts_later(parts, tmp_path, capsys):
+    from services.server import InspectionServer, ServeConfig
+
+    port = free_port()
+    model = make_tiny_onnx(tmp_path / "late.onnx", version="7")
+    config = ServeConfig(models=(str(model),), host="127.0.0.1", port=port, data_dir=str(tmp_path / "fb"), reload_interval=0)
+    late = InspectionServer(config)
+    starter = threading.Timer(1.0, late.start)
+    starter.start()
+    try:
+        out_csv = tmp_path / "late.csv"
+        code = main(["classify", "--server", f"127.0.0.1:{port}", "--wait-ready", "60", "--csv", str(out_csv), str(parts)])
+        assert code == 0, capsys.readouterr().err
+        with open(out_csv, newline="") as fh:
+            assert {r["model_version"] for r in csv.DictReader(fh)} == {"7"}
+    finally:
+        starter.join()
+        late.stop(grace=1)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -117,7 +148,8 @@ def test_watch_classifies_files_as_they_land_until_stopped(server, tmp_path, sto
     (inbox / "old.png").write_bytes(image_bytes(0))  # already there: ignored
     out_csv = tmp_path / "watch.csv"
     proc = _adapt(
-        "classify", "--server", server.address, "--watch", str(inbox), "--poll-interval", "0.1", "--csv", str(out_csv)
+        "classify", "--server", server.address, "--watch", str(inbox), "--poll-interval", "0.1", "--csv", str(out_csv),
+        cwd=tmp_path,
     )
     try:
         deadline = time.monotonic() + 20
@@ -206,3 +238,41 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(tmp_path):
     assert not failures and answers == [True] * 6
     assert events["draining"]["queued"] >= 1, "nothing was in flight when SIGTERM came"
     assert "stopped" in events
+
+
+@pytest.mark.parametrize(
+    "host, security, warned",
+    [
+        ("0.0.0.0", {}, "without a token or TLS"),
+        ("0.0.0.0", {"token": True}, "without TLS"),
+        ("127.0.0.1", {}, None),
+        ("localhost", {}, None),
+    ],
+)
+def test_serving_beyond_loopback_without_token_or_tls_warns_once(host, security, warned, tmp_path, caplog):
+    from services.server import InspectionServer, ServeConfig
+
+    token_file = None
+    if security.get("token"):
+        token_file = tmp_path / "tokens.txt"
+        token_file.write_text("s3cret\n")
+    model = make_tiny_onnx(tmp_path / "m.onnx")
+    config = ServeConfig(models=(str(model),), host=host, port=0, data_dir=str(tmp_path / "fb"), reload_interval=0,
+                         token_file=str(token_file) if token_file else None)
+    with caplog.at_level(logging.INFO, logger="services"):
+        server = InspectionServer(config).start()
+        server.stop(grace=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and len(warnings[0].splitlines()) == 1
+        assert f"serving on {host}:{server.port} {warned}" in warnings[0] and "--host 127.0.0.1" in warnings[0]
+        assert ("--token-file" in warnings[0]) != bool(token_file) and "--tls-cert" in warnings[0]
+
+
+def test_serve_help_documents_host(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--host HOST" in text and "127.0.0.1 = this machine only" in text and "--token-file and TLS" in text

@@ -244,6 +244,7 @@ def test_tracking_failure_after_training_keeps_results_and_names_the_command_to_
     assert "registered later version 1; champion: moved to version 1" in stdout
     runs = c.search_runs([c.get_experiment_by_name("retrain-parts").experiment_id], filter_string="attributes.status = 'FINISHED'")
     assert len(runs) == 1 and runs[0].data.tags["adapt.logged_later"] == "true"
+    assert runs[0].inputs.dataset_inputs[0].dataset.digest == runs[0].data.params["dataset_fingerprint"]
     assert c.get_metric_history(runs[0].info.run_id, "balanced_accuracy")
 
 
@@ -253,3 +254,66 @@ def test_models_list_without_a_store_says_where_it_looked_and_creates_nothing(tm
     rc, _, stderr = cli("models", "list")
     assert rc == 1 and f"no MLflow store at {tmp_path / 'mlflow.db'}" in stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_retrain_runs_show_their_dataset_in_an_experiment_that_opens_on_runs(store):
+    from adapt.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    c = client(store.uri)
+    exp = c.get_experiment_by_name("retrain-parts")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    retrained = [r for r in c.search_runs([exp.experiment_id]) if "adapt.logged_later" not in r.data.tags]
+    assert len(retrained) == 2
+    for run in retrained:
+        (used,) = run.inputs.dataset_inputs
+        assert used.dataset.name == "parts" and used.dataset.digest == run.data.params["dataset_fingerprint"]
+        counts = json.loads(used.dataset.profile)
+        assert counts["test"] == metrics_of(store.runs[0])["n"] and counts["few_shot_train"] == 8
+        assert {t.key: t.value for t in used.tags}["mlflow.data.context"] == "training"
+
+
+def test_existing_experiments_get_the_classic_ml_kind(tmp_path):
+    from adapt.tracking import EXPERIMENT_KIND_TAG, start_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = client(uri)
+    exp_id = c.create_experiment("made-elsewhere")
+    start_run(uri, "made-elsewhere", "first").end()
+    assert c.get_experiment(exp_id).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_runs_whose_process_died_are_marked_killed_by_the_next_command(tmp_path, caplog):
+    import logging
+    import signal
+    import subprocess
+    import sys
+
+    from adapt.tracking import PID_START_TAG, start_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sleeper = ("import sys, time; from adapt.tracking import start_run; "
+               "print(start_run(sys.argv[1], 'victims', 'sleeper').run_id, flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", sleeper, uri], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        killed = proc.stdout.readline().strip()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    c = client(uri)
+    assert c.get_run(killed).info.status == "RUNNING" and c.get_run(killed).data.tags["adapt.pid"] == str(proc.pid)
+    alive = start_run(uri, "victims", "alive")  # this process: still running
+    reused = start_run(uri, "victims", "reused-pid")  # same PID, but another process start time
+    c.set_tag(reused.run_id, PID_START_TAG, "1")
+    elsewhere = start_run(uri, "victims", "other-host", tags={"adapt.host": "line-7-pc", "adapt.pid": str(proc.pid)})
+
+    with caplog.at_level(logging.WARNING, logger="adapt"):
+        rc, _, stderr = cli("models", "list", "--tracking-uri", uri)
+    assert rc == 0, stderr
+    status = {run_id: c.get_run(run_id).info.status for run_id in (killed, alive.run_id, reused.run_id, elsewhere.run_id)}
+    assert status == {killed: "KILLED", alive.run_id: "RUNNING", reused.run_id: "KILLED", elsewhere.run_id: "RUNNING"}
+    (line,) = [r.getMessage() for r in caplog.records if "KILLED" in r.getMessage()]
+    assert line.startswith("marked 2 MLflow run(s) KILLED") and "sleeper" in line and "reused-pid" in line
+    assert "\n" not in line
+    caplog.clear()
+    assert cli("models", "list", "--tracking-uri", uri)[0] == 0
+    assert not [r for r in caplog.records if "KILLED" in r.getMessage()]  # once only

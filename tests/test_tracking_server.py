@@ -47,7 +47,7 @@ class Process:
 def _start(cmd: list[str], uri: str, probe: str, log: Path, env: dict | None = None, timeout: float = 90) -> Process:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     started = Process(proc, uri, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -31,12 +31,19 @@ Run `adapt COMMAND --help` for the options of each command.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="adapt", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"adapt {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging: -v our debug messages (e.g. connection retries), -vv also third-party libraries")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
@@ -51,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
-    """Our own loggers at INFO (WARNING with -q); third-party libraries only warn, unless -vv."""
-    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    """Our own loggers at INFO (WARNING with -q, DEBUG with -v); third-party libraries only warn, unless -vv."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # else MLflow installs its own INFO handler
     logging.basicConfig(level=level if verbose > 1 else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for ours in ("adapt", "services"):

@@ -25,12 +25,17 @@ whether the part needs human review, and the model version that answered.
 
 PATHs are image files or folders (searched recursively for .png .jpg .jpeg .bmp .tif .tiff).
 With --watch DIR, files that land in DIR later are classified as soon as they are completely
-written, until Ctrl-C. Exit code 1 if any image could not be classified.
+written, until Ctrl-C. Exit code 1 if any image could not be classified. --csv FILE never
+holds a half-finished run: rows go to a temporary file beside it, renamed to FILE at the end
+(with --watch: once the PATHs given are done; rows for new files are then appended to FILE).
+With --wait-ready SECONDS it first waits for a server that is still starting (e.g. one just
+launched in the background with `adapt serve ... &`).
 
 examples:
   adapt classify --server localhost:50051 parts/
   adapt classify --server inspect-01:50051 --tls-ca ca.pem --token-file token.txt --csv out.csv parts/
   adapt classify --server localhost:50051 --watch /camera/outbox
+  adapt serve --model run/model.onnx --host 127.0.0.1 & adapt classify --server 127.0.0.1:50051 --wait-ready 120 parts/
 """
 
 CSV_COLUMNS = ("path", "label", "top_probability", "needs_review", "model_name", "model_version", "request_id", "error")
@@ -65,6 +70,14 @@ def register(subparsers) -> None:
         help="send all images over one streaming call (faster for many images) instead of one call each",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default: %(default)s)")
+    p.add_argument(
+        "--wait-ready",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for the server's health check to say SERVING, e.g. right after "
+        "starting `adapt serve` (default: %(default)s, don't wait)",
+    )
     g = p.add_argument_group("security")
     g.add_argument("--tls-ca", metavar="PEM", help="CA certificate that signed the server's certificate; enables TLS")
     g.add_argument("--tls-cert", metavar="PEM", help="this client's certificate, for servers that require mTLS")
@@ -104,16 +117,24 @@ def run(args: argparse.Namespace) -> int:
     files = collect_images(args.paths)
     if args.watch and not Path(args.watch).is_dir():
         raise AdaptError(f"--watch: not a folder: {args.watch}")
-    client = _connect(args)
+    if args.wait_ready < 0:
+        raise AdaptError("--wait-ready must be >= 0 seconds")
     output = _Output(args.csv)
+    done = False
     try:
-        _check_server(client, args)
-        output.write(_classify(client, files, args))
-        if args.watch:
-            _watch(client, Path(args.watch), args, output)
+        client = _connect(args)
+        try:
+            _wait_ready(client, args)
+            _check_server(client, args)
+            output.write(_classify(client, files, args))
+            if args.watch:
+                output.commit()  # a watch runs for days: show its CSV as it grows
+                _watch(client, Path(args.watch), args, output)
+            done = True
+        finally:
+            client.close()
     finally:
-        client.close()
-        output.close()
+        output.close(keep=done)
     failed = sum(1 for row in output.rows if row.error)
     review = sum(1 for row in output.rows if row.needs_review)
     print(f"classified {len(output.rows) - failed} image(s): {review} need review, {failed} failed", file=sys.stderr)
@@ -149,8 +170,30 @@ def _connect(args: argparse.Namespace):
             timeout=args.timeout,
             server_name=args.tls_server_name,
         )
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise AdaptError(f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
         raise AdaptError(str(exc)) from exc
+
+
+def _wait_ready(client, args: argparse.Namespace) -> None:
+    """Wait up to ``--wait-ready`` seconds for the health check to say SERVING; without it, check
+    once that the server can be reached (health has no retries: a refusal is reported at once)."""
+    import grpc
+
+    from services.client import NotServing
+
+    try:
+        client.wait_until_serving(args.wait_ready, check_timeout=args.timeout)
+    except NotServing as exc:
+        if args.wait_ready:
+            hint = "" if exc.answered else _HINT
+            raise AdaptError(f"server {args.server} not ready after {args.wait_ready:g}s ({exc.problem}){hint}") from exc
+        if not exc.answered:
+            raise AdaptError(f"cannot reach server {args.server} ({exc.problem}){_HINT}") from exc
+    except grpc.RpcError as err:
+        if args.wait_ready or err.code() != grpc.StatusCode.UNIMPLEMENTED:  # a server without health: go on
+            raise _server_error(err, args.server, args.timeout) from err
 
 
 def _check_server(client, args: argparse.Namespace) -> None:
@@ -239,13 +282,18 @@ def _watch(client, folder: Path, args: argparse.Namespace, output: _Output) -> N
         print("stopped watching", file=sys.stderr)
 
 
+_HINT = "; is `adapt serve` running?"
+
+
 def _server_error(err, target: str, timeout: float) -> AdaptError:
     import grpc
+
+    from services.client import connection_problem
 
     code, lines = err.code(), (err.details() or "").strip().splitlines()
     details = lines[0] if lines else ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        return AdaptError(f"cannot reach server {target}: {details}")
+        return AdaptError(f"cannot reach server {target} ({connection_problem(err)}){_HINT}")
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AdaptError(f"server {target} refused the call: {details} (pass --token-file or --token)")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -254,14 +302,24 @@ def _server_error(err, target: str, timeout: float) -> AdaptError:
 
 
 class _Output:
-    """Results as an aligned table on stdout, or CSV (to a file or stdout), written as they come."""
+    """Results as an aligned table on stdout, or CSV (to stdout, or to a file that appears only
+    complete: rows go to a ``.part`` file beside it, renamed on ``close(keep=True)``)."""
 
     def __init__(self, csv_path: str | None):
         self.rows: list[Row] = []
         self._csv = None
         self._fh = None
-        if csv_path:
-            self._fh = sys.stdout if csv_path == "-" else open(csv_path, "w", newline="")
+        self._target = self._partial = None
+        if csv_path == "-":
+            self._fh = sys.stdout
+        elif csv_path:
+            self._target = Path(csv_path).expanduser()
+            self._partial = self._target.with_name(f".{self._target.name}.{os.getpid()}.part")
+            try:
+                self._fh = open(self._partial, "w", newline="")
+            except OSError as exc:
+                raise AdaptError(f"cannot write --csv {csv_path}: {exc.strerror or exc}") from exc
+        if self._fh is not None:
             self._csv = csv.writer(self._fh)
             self._csv.writerow(CSV_COLUMNS)
         self._header_done = False
@@ -301,9 +359,21 @@ class _Output:
             flush=True,
         )
 
-    def close(self) -> None:
-        if self._fh is not None and self._fh is not sys.stdout:
-            self._fh.close()
+    def commit(self) -> None:
+        """Put the CSV file in place now; later rows are appended to it."""
+        if self._partial is not None:
+            os.replace(self._partial, self._target)
+            self._partial = None
+
+    def close(self, keep: bool = True) -> None:
+        """Finish the output; a CSV file not yet in place is renamed there if ``keep``, else removed."""
+        if self._fh is None or self._fh is sys.stdout:
+            return
+        self._fh.close()
+        if keep:
+            self.commit()
+        elif self._partial is not None:
+            self._partial.unlink(missing_ok=True)
 
 
 def _short(text: str, width: int) -> str:

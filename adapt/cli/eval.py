@@ -26,16 +26,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from adapt.data import load_dataset
+    from adapt.cli import checks
     from adapt.errors import AdaptError
-    from adapt.evaluation import compute_metrics, save_confusion_matrix, save_metrics
-    from adapt.export import read_metadata
     from adapt.model_uri import resolve_model
-    from adapt.predict import align_labels, predict_onnx
 
-    model = resolve_model(args.model, args.tracking_uri)
+    checks.check_model(args.model, args.tracking_uri)  # user errors first, in milliseconds
+    checks.check_data(args.data)
+    model = resolve_model(args.model, args.tracking_uri)  # registry lookups before the heavy imports
     if model.onnx_path is None:
         raise AdaptError(f"{args.model} has no exported model.onnx; run `adapt export` first")
+    from adapt.data import load_dataset
+    from adapt.evaluation import compute_metrics, save_confusion_matrix, save_metrics
+    from adapt.export import read_metadata
+    from adapt.predict import align_labels, predict_onnx
+
     meta = read_metadata(model.onnx_path)
     data = load_dataset(args.data)
     images = data.test if args.split == "test" else data.train

@@ -23,18 +23,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adapt.classifier import load_classifier
+    from adapt.cli import checks
     from adapt.errors import AdaptError
-    from adapt.export import check_parity, export_onnx
     from adapt.model_uri import resolve_model
 
-    model = resolve_model(args.model, args.tracking_uri)
+    checks.check_model(args.model, args.tracking_uri)  # user errors first, in milliseconds
+    checks.check_output_folder(args.out, "--out")
+    if args.reject_threshold is not None and not 0.0 <= args.reject_threshold <= 1.0:
+        raise AdaptError("--reject-threshold must be between 0 and 1")
+    model = resolve_model(args.model, args.tracking_uri)  # registry lookups before the heavy imports
     if model.torch_path is None:
         raise AdaptError(f"{args.model} has no classifier.pt to export from")
+    from adapt.classifier import load_classifier
+    from adapt.export import check_parity, export_onnx
+
     classifier = load_classifier(model.torch_path)
     if args.reject_threshold is not None:
-        if not 0.0 <= args.reject_threshold <= 1.0:
-            raise AdaptError("--reject-threshold must be between 0 and 1")
         classifier.info.reject_threshold = args.reject_threshold
     out = export_onnx(classifier, args.out, model_name=args.name or model.name, model_version=args.version or model.version, check=False)
     err = check_parity(classifier, out)

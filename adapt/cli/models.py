@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from adapt.cli.tracking_options import add_tracking_options
 
@@ -120,6 +121,10 @@ def run_log(args: argparse.Namespace) -> int:
     from adapt.registry import validate_model_name
     from adapt.tracking import TrackingError, default_experiment, load_retrain_result, log_retrain_result, run_name_for, start_run
 
+    from adapt.model_uri import ONNX_FILE
+
+    if not (Path(args.run_dir) / ONNX_FILE).is_file():  # before load_retrain_result imports torch
+        raise AdaptError(f"{args.run_dir} is not an adapt retrain output folder (no {ONNX_FILE})")
     result = load_retrain_result(args.run_dir)
     if args.register:
         validate_model_name(args.register)
@@ -128,6 +133,9 @@ def run_log(args: argparse.Namespace) -> int:
     experiment = args.experiment or default_experiment("retrain", str(result.params.get("dataset") or result.metrics.get("dataset") or "data"))
     run = start_run(uri, experiment, run_name_for(result.params), result.params, tags={"adapt.logged_later": "true"}, command="retrain")
     try:
+        if result.dataset_fingerprint:
+            dataset = str(result.params.get("dataset") or result.metrics.get("dataset") or "data")
+            run.log_dataset(dataset, result.dataset_fingerprint, dataset, {"test": int(result.metrics.get("n", 0))})
         outcome = log_retrain_result(run, result, args.register, args.promote_metric, history=history)
     except TrackingError as exc:
         run.end_quietly("FAILED")

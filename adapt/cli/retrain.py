@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 
+from adapt.cli import checks
 from adapt.cli.common import add_backbone_options, parse_key_values
 from adapt.cli.tracking_options import add_tracking_options, make_hooks
+from adapt.method_names import Method
 
-METHODS = ("zeroshot", "linear", "coop", "lora", "tip-adapter")
+METHODS = tuple(m.value for m in Method)
 
 EPILOG = """\
 examples:
@@ -60,6 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from adapt.errors import AdaptError
 
+    checks.check_data(args.data)  # user errors first, in milliseconds
+    for extra in args.include:
+        checks.check_data(extra, "--include")
+    checks.check_weights(args.pretrained)
+    hparams, descriptions = parse_key_values(args.hp, "--hp"), parse_key_values(args.describe, "--describe")
+    if args.shots < 1:
+        raise AdaptError("--shots must be >= 1")
     hooks = make_hooks(args)  # checks the tracking store in seconds, before heavy imports and any work
     from adapt.retrain import RetrainConfig, run_retrain
 
@@ -73,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
             backbone=args.backbone,
             pretrained=args.pretrained,
             output_dir=args.output_dir,
-            hparams=parse_key_values(args.hp, "--hp"),
-            descriptions=parse_key_values(args.describe, "--describe"),
+            hparams=hparams,
+            descriptions=descriptions,
             device=args.device,
             review_target_accuracy=args.review_accuracy,
             reject_threshold=args.reject_threshold,

@@ -21,7 +21,7 @@ it is replaced. SIGTERM / Ctrl-C: health goes NOT_SERVING, new calls are refused
 flight finish (up to --drain-seconds), exit 0.
 
 examples:
-  adapt serve --model runs/linear/model.onnx
+  adapt serve --model runs/linear/model.onnx --host 127.0.0.1      # this machine only
   adapt serve --model models:/elpv@champion --tracking-uri sqlite:///mlflow.db --metrics-port 9100
   adapt serve --model m.onnx --tls-cert srv.pem --tls-key srv.key --tls-ca ca.pem --token-file tokens.txt
 """
@@ -42,7 +42,12 @@ def register(subparsers) -> None:
         help="model to serve: a local exported .onnx file, models:/NAME@ALIAS (followed; hot reload) "
         "or models:/NAME/VERSION. Repeat to serve several; the first is the default",
     )
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s, all interfaces)")
+    p.add_argument(
+        "--host",
+        default="0.0.0.0",
+        help="address to listen on: 0.0.0.0 (default) = every network interface, so camera PCs can connect; "
+        "127.0.0.1 = this machine only. Beyond this machine, use --token-file and TLS (a warning says so otherwise)",
+    )
     p.add_argument(
         "--port", type=int, default=50051, help="port to listen on; 0 picks a free one (default: %(default)s)"
     )
@@ -162,6 +167,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from adapt.cli import checks
+
+    for uri in args.model:  # user errors first, in milliseconds
+        if not args.wait_for_model or uri.startswith("models:/"):
+            checks.check_model(uri, args.tracking_uri)
+    for option in ("tls_cert", "tls_key", "tls_ca", "token_file"):
+        checks.check_file(getattr(args, option), "--" + option.replace("_", "-"))
     from services.hosted import BatchingConfig
     from services.logs import use_json_logs
     from services.server import InspectionServer, ServeConfig, ServeError

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,9 @@ def load_dataset(
     else:
         raise DataError(f"{path} is neither a folder nor a .csv manifest")
     if check_images:
-        splits = DatasetSplits(splits.name, _drop_unreadable(splits.train, strict), _drop_unreadable(splits.test, strict))
+        (train, bad_train), (test, bad_test) = _drop_unreadable(splits.train, strict), _drop_unreadable(splits.test, strict)
+        _report_unreadable(bad_train + bad_test, splits.train, splits.test)
+        splits = DatasetSplits(splits.name, train, test)
     return splits
 
 
@@ -79,7 +82,9 @@ def load_all_images(spec: str | Path, strict: bool = False) -> ImageSet:
         images = merge_image_sets(splits.train, splits.test)
     else:
         raise DataError(f"{path} is neither a folder nor a .csv manifest")
-    return _drop_unreadable(images, strict)
+    readable, unreadable = _drop_unreadable(images, strict)
+    _report_unreadable(unreadable, images)
+    return readable
 
 
 def merge_image_sets(first: ImageSet, second: ImageSet) -> ImageSet:
@@ -183,8 +188,10 @@ def _stratified(name: str, everything: ImageSet, test_fraction: float) -> Datase
     return DatasetSplits(name, everything.subset(train), everything.subset(test))
 
 
-def _drop_unreadable(images: ImageSet, strict: bool) -> ImageSet:
-    good = []
+def _drop_unreadable(images: ImageSet, strict: bool) -> tuple[ImageSet, Counter]:
+    """``images`` without the files that cannot be decoded (each named in a warning), and how
+    many were dropped per class; ``DataError`` on the first one when ``strict``."""
+    good, dropped = [], Counter()
     for i in range(len(images)):
         try:
             read_image(Path(images.root) / images.keys[i])
@@ -192,8 +199,18 @@ def _drop_unreadable(images: ImageSet, strict: bool) -> ImageSet:
             if strict:
                 raise DataError(str(exc)) from exc
             logger.warning("skipping unreadable image %s", exc)
+            dropped[images.classes[images.labels[i]]] += 1
             continue
         good.append(i)
-    if len(good) < len(images):
-        logger.warning("skipped %d unreadable image(s) of %d", len(images) - len(good), len(images))
-    return images if len(good) == len(images) else images.subset(good)
+    return (images.subset(good) if dropped else images), dropped
+
+
+def _report_unreadable(dropped: Counter, *parts: ImageSet) -> None:
+    """One summary line for a dataset: unreadable images per class, out of that class's images."""
+    if not dropped:
+        return
+    totals = Counter()
+    for part in parts:
+        totals.update(part.class_counts())
+    per_class = ", ".join(f"{c}: {dropped[c]} of {totals[c]}" for c in parts[0].classes if dropped[c])
+    logger.warning("skipped %d unreadable image(s) of %d (%s)", sum(dropped.values()), sum(totals.values()), per_class)

@@ -9,7 +9,6 @@ stopping may only look at ``split.val``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Callable
 
 import numpy as np
@@ -19,14 +18,7 @@ from adapt.backbone import Backbone
 from adapt.classifier import ClassifierInfo
 from adapt.data.fewshot import FewShotSplit
 from adapt.encoders import ImageEncoder
-
-
-class Method(str, Enum):
-    ZEROSHOT = "zeroshot"
-    LINEAR = "linear"
-    COOP = "coop"
-    LORA = "lora"
-    TIP_ADAPTER = "tip-adapter"
+from adapt.method_names import Method
 
 
 @dataclass

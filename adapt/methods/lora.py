@@ -59,7 +59,7 @@ class LoraConfig:
     epochs: int = 60
     lr: float = 1e-3
     batch_size: int = 16
-    patience: int = 15
+    patience: int = 8  # epochs without a better validation score before stopping
     augment: bool = True  # random resized crop + flips on the training images
 
     def __post_init__(self) -> None:

@@ -1,7 +1,9 @@
 """Tip-Adapter (Zhang et al. 2022): a training-free key-value cache of the few-shot features.
 
-``logits = s * f @ W_text.T + alpha * exp(-beta * (1 - f @ keys.T)) @ one_hot(labels)``.
-``alpha`` and ``beta`` are searched on the few-shot validation split. With ``finetune`` (the
+``logits = gamma * s * f @ W_text.T + alpha * exp(-beta * (1 - f @ keys.T)) @ one_hot(labels)``.
+``alpha``, ``beta`` and the zero-shot weight ``gamma`` (1 as in the paper, or 0: the cache alone,
+for a text tower that does not know the classes' words) are searched on the few-shot validation
+split. On CNN backbones the cache keys are the pooled mid-level features (``adapt.encoders``). With ``finetune`` (the
 "-F" variant) the keys are then trained for a few epochs on the cached train features, the
 best epoch is chosen on validation, and alpha/beta are searched again.
 """
@@ -22,18 +24,19 @@ from adapt.methods.frozen import class_embeddings, frozen_features, logit_scale,
 @dataclass
 class TipAdapterConfig:
     alpha_grid: list[float] = field(default_factory=lambda: [0.0, *np.logspace(-1.5, 2, 15).tolist()])  # cache weight candidates
-    beta_grid: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.5, 5.5, 7.5, 10.0])  # sharpness candidates
+    beta_grid: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.5, 5.5, 7.5, 10.0, 15.0, 25.0, 50.0])  # sharpness candidates (large for tightly clustered CNN features)
+    text_weight_grid: list[float] = field(default_factory=lambda: [1.0, 0.0])  # zero-shot term weight candidates (0 = cache only)
     finetune: bool = False  # Tip-Adapter-F: train the cache keys
     epochs: int = 20  # Tip-Adapter-F epochs
     lr: float = 1e-3  # Tip-Adapter-F learning rate
 
     def __post_init__(self) -> None:
-        if not self.alpha_grid or not self.beta_grid:
-            raise ValueError("alpha_grid and beta_grid must not be empty")
+        if not self.alpha_grid or not self.beta_grid or not self.text_weight_grid:
+            raise ValueError("alpha_grid, beta_grid and text_weight_grid must not be empty")
 
 
-def _search(head: TipAdapterHead, cfg: TipAdapterConfig, val, y_val, ctx: AdaptContext) -> tuple[float, float]:
-    """Grid search of (alpha, beta) on the validation features; the affinities are computed once."""
+def _search(head: TipAdapterHead, cfg: TipAdapterConfig, val, y_val, ctx: AdaptContext) -> tuple[float, float, float]:
+    """Grid search of (alpha, beta, text weight) on the validation features; the affinities are computed once."""
     y = y_val.numpy()
     with torch.no_grad():
         text_part, cache_part = head.split(val)
@@ -43,16 +46,19 @@ def _search(head: TipAdapterHead, cfg: TipAdapterConfig, val, y_val, ctx: AdaptC
     best = None
     for beta in cfg.beta_grid:
         cache = np.exp(-beta * (1.0 - affinity)) @ values
-        for alpha in cfg.alpha_grid:
-            logits = zero_shot + alpha * cache
-            logits -= logits.max(axis=1, keepdims=True)
-            probs = np.exp(logits)
-            probs /= probs.sum(axis=1, keepdims=True)
-            score = selection_score(probs, y)
-            if best is None or score > best[0]:
-                best = (score, alpha, beta)
-    ctx.report({"val_balanced_accuracy": best[0][0], "alpha": best[1], "beta": best[2]}, 0)
-    return float(best[1]), float(best[2])
+        for gamma in cfg.text_weight_grid:
+            for alpha in cfg.alpha_grid:
+                if gamma == 0 and alpha == 0:
+                    continue  # no term left
+                logits = gamma * zero_shot + alpha * cache
+                logits -= logits.max(axis=1, keepdims=True)
+                probs = np.exp(logits)
+                probs /= probs.sum(axis=1, keepdims=True)
+                score = selection_score(probs, y)
+                if best is None or score > best[0]:
+                    best = (score, alpha, beta, gamma)
+    ctx.report({"val_balanced_accuracy": best[0][0], "alpha": best[1], "beta": best[2], "text_weight": best[3]}, 0)
+    return float(best[1]), float(best[2]), float(best[3])
 
 
 def fit_tip_adapter(ctx: AdaptContext, cfg: TipAdapterConfig | None = None) -> FitResult:
@@ -66,9 +72,9 @@ def fit_tip_adapter(ctx: AdaptContext, cfg: TipAdapterConfig | None = None) -> F
     with torch.no_grad():
         head.keys.data = keys.clone()
     has_val = len(y_val) > 0
-    alpha, beta = _search(head, cfg, val, y_val, ctx) if has_val else (1.0, 1.0)
-    head.alpha, head.beta = alpha, beta
-    params = {"alpha": alpha, "beta": beta, "finetune": cfg.finetune}
+    alpha, beta, gamma = _search(head, cfg, val, y_val, ctx) if has_val else (1.0, 1.0, 1.0)
+    head.alpha, head.beta, head.text_weight_scale = alpha, beta, gamma
+    params = {"alpha": alpha, "beta": beta, "text_weight": gamma, "finetune": cfg.finetune}
     history = []
     if cfg.finetune:
         from adapt.training.supervised import TrainConfig, train_classifier
@@ -85,8 +91,8 @@ def fit_tip_adapter(ctx: AdaptContext, cfg: TipAdapterConfig | None = None) -> F
         with torch.no_grad():
             head.keys.copy_(F.normalize(head.keys, dim=-1))
         if has_val:
-            head.alpha, head.beta = _search(head, cfg, val, y_val, ctx)
-        params.update(alpha=head.alpha, beta=head.beta, best_epoch=result.best_epoch, epochs=cfg.epochs, lr=cfg.lr)
+            head.alpha, head.beta, head.text_weight_scale = _search(head, cfg, val, y_val, ctx)
+        params.update(alpha=head.alpha, beta=head.beta, text_weight=head.text_weight_scale, best_epoch=result.best_epoch, epochs=cfg.epochs, lr=cfg.lr)
         history = result.history
     head.keys.requires_grad_(False)
     with torch.no_grad():

@@ -49,7 +49,15 @@ def combine(feats: dict, names: list[str]) -> np.ndarray:
     return F.normalize(torch.cat(parts, dim=1), dim=-1).numpy()
 
 
-def probe(x: np.ndarray, y: np.ndarray, shots: int, seed: int) -> float:
+def merge(a, b):
+    from adapt.data.sources import merge_image_sets
+
+    return merge_image_sets(a, b)
+
+
+def probe(x: np.ndarray, y: np.ndarray, shots: int, seed: int, scored: np.ndarray | None = None) -> float:
+    """Fit on K per class, choose C on K more (both from the indices outside ``scored``), score
+    on ``scored`` (default: every index not drawn)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -58,11 +66,14 @@ def probe(x: np.ndarray, y: np.ndarray, shots: int, seed: int) -> float:
 
     rng = np.random.default_rng(seed)
     tr, va = [], []
+    pool = np.ones(len(y), bool)
+    if scored is not None:
+        pool[scored] = False
     for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
+        idx = rng.permutation(np.flatnonzero((y == c) & pool))
         tr += idx[:shots].tolist()
         va += idx[shots : 2 * shots].tolist()
-    dev = np.setdiff1d(np.arange(len(y)), tr + va)
+    dev = np.setdiff1d(np.arange(len(y)), tr + va) if scored is None else scored
     best = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -83,14 +94,17 @@ def main() -> None:
     ap.add_argument("--seeds", default="1-10")
     ap.add_argument("--cache", default="/tmp/feature_probe")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--score-on", choices=("dev", "test"), default="dev",
+                    help="dev: the rest of the train pool (ELPV); test: the folder's test split (a check folder, not ELPV)")
     args = ap.parse_args()
     from adapt.data import load_dataset
 
     lo, hi = (int(t) for t in args.seeds.split("-"))
     seeds = range(lo, hi + 1)
     data = load_dataset(args.data)
-    pool = data.train
+    pool = data.train if args.score_on == "dev" else merge(data.train, data.test)
     y = np.asarray(pool.labels)
+    scored = None if args.score_on == "dev" else np.arange(len(data.train), len(pool))
     combos = {
         "head (final 1280)": ["head"],
         "stage4 avg": ["s4avg"],
@@ -103,7 +117,7 @@ def main() -> None:
     }
     rows = []
     for net, size in itertools.product(args.nets, args.sizes):
-        path = Path(args.cache) / f"{args.data.replace(':', '-')}-{net}-{size}.npz"
+        path = Path(args.cache) / f"{Path(args.data).name.replace(':', '-')}-{net}-{size}.npz"
         if path.is_file():
             feats = dict(np.load(path))
         else:
@@ -115,7 +129,7 @@ def main() -> None:
         for name, parts in combos.items():
             x = combine(feats, parts)
             for shots in args.shots:
-                scores = [probe(x, y, shots, s) for s in seeds]
+                scores = [probe(x, y, shots, s, scored) for s in seeds]
                 rows.append({"net": net, "size": size, "embedding": name, "shots": shots,
                              "mean": float(np.mean(scores)), "std": float(np.std(scores)), "seeds": len(scores)})
                 print(f"{net}@{size} {name:24s} {shots:2d}-shot: {100 * np.mean(scores):.1f} ± {100 * np.std(scores):.1f}", flush=True)

@@ -1,6 +1,6 @@
 """Adaptation cost per method: wall time by phase, peak memory, trainable parameters.
 
-    python experiments/cost/bench_cost.py                         # product default: adapt-small, default weights
+    python experiments/cost/bench_cost.py                         # product default: adapt-effnet-lite0, default weights
     python experiments/cost/bench_cost.py --pretrained none       # same architecture, random init (same cost)
     python experiments/cost/bench_cost.py --quick                 # minutes: adapt-tiny, random init, few epochs
 
@@ -71,7 +71,7 @@ RSS_MARKS = ("rss_after_imports_mb", "rss_after_load_mb", "rss_after_fit_mb", "p
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", default=None, help="open_clip architecture (default adapt-small; adapt-tiny with --quick)")
+    p.add_argument("--backbone", default=None, help="open_clip architecture (default: the product default; adapt-tiny with --quick)")
     p.add_argument("--pretrained", default=None, help="none | default | tag | checkpoint (default: default; none with --quick)")
     p.add_argument("--quick", action="store_true", help="adapt-tiny, random init, 2-3 epochs, one repeat; writes *_quick.* files")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
@@ -82,7 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: JSON spec of one measurement
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.backbone = args.backbone or ("adapt-tiny" if args.quick else "adapt-small")
+    from adapt.defaults import DEFAULT_ARCH
+
+    args.backbone = args.backbone or ("adapt-tiny" if args.quick else DEFAULT_ARCH)
     args.pretrained = args.pretrained or ("none" if args.quick else "default")
     args.repeats = args.repeats or (1 if args.quick else 3)
     unknown = set(args.methods.split(",")) - set(METHODS)
@@ -154,15 +156,20 @@ class _Probe:
 
 def expected_trainable(name: str, params: dict, backbone, classes: int) -> int:
     """The trainable-parameter count each method should have, from its definition."""
-    dim = backbone.embed_dim
+    from adapt.encoders import STAGES, ImageEncoder
+
+    def part_dim(use: str) -> int:
+        sizes = ImageEncoder(backbone.model.visual, backbone.encoder_spec(use)).layout(backbone.image_size).sizes
+        return sizes.get(STAGES, backbone.embed_dim)
+
     if name in ("zeroshot", "tip-adapter"):
         return 0
     if name == "linear":
-        return classes * (dim + 1)
+        return classes * (part_dim("probe") + 1)
     if name == "coop":
         return int(params["chosen.n_ctx"]) * backbone.model.token_embedding.embedding_dim
     if name == "tip-adapter-F":
-        return SHOTS * classes * dim
+        return SHOTS * classes * part_dim("cache")
     if name == "lora":
         return int(params["chosen.trainable_parameters"])
     raise ValueError(name)

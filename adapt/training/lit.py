@@ -8,44 +8,22 @@ projection (``visual.head``) and the temperature. The loss is open_clip's ``Clip
 
 from __future__ import annotations
 
-import math
-
-import lightning as L
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss, SigLipLoss
 
-from adapt.encoders import freeze_norm_stats
+from adapt.training.pretrain import ContrastivePretraining
 
 
-class LockedImageTextTraining(L.LightningModule):
+class LockedImageTextTraining(ContrastivePretraining):
     """Batches are ``(trunk_features [N, C], tokens [N, T])``; ``model`` is an open_clip CLIP
-    whose ``visual`` has a ``head`` (open_clip's ``TimmModel``)."""
+    whose ``visual`` has a ``head`` (open_clip's ``TimmModel``). The loss set-up, temperature
+    clamp and frozen trunk (batch-norm statistics included) are ``ContrastivePretraining``'s with
+    ``vision_lr_scale=0``."""
 
     def __init__(self, model, *, loss: str = "clip", lr: float = 1e-3, weight_decay: float = 0.1,
                  warmup_steps: int = 50, total_steps: int = 1000) -> None:
-        super().__init__()
-        if loss not in ("clip", "siglip"):
-            raise ValueError(f"loss must be clip or siglip, got {loss}")
-        if loss == "siglip" and getattr(model, "logit_bias", None) is None:
-            raise ValueError("the SigLIP loss needs a model with a logit_bias")
-        self.model, self.loss_name = model, loss
-        self.lr, self.weight_decay = lr, weight_decay
-        self.warmup_steps, self.total_steps = warmup_steps, max(total_steps, 1)
-        for p in model.visual.trunk.parameters():
-            p.requires_grad_(False)
-        self.loss_fn = None
-
-    def train(self, mode: bool = True):
-        return freeze_norm_stats(super().train(mode))  # the trunk is not even run here, but stays as it was
-
-    def setup(self, stage: str) -> None:
-        trainer = self._trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        if self.loss_name == "clip":
-            self.loss_fn = ClipLoss(local_loss=world > 1, gather_with_grad=world > 1, cache_labels=True, rank=rank, world_size=world)
-        else:
-            self.loss_fn = SigLipLoss(rank=rank, world_size=world)
+        super().__init__(model, loss=loss, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                         total_steps=total_steps, vision_lr_scale=0.0)
 
     def training_step(self, batch, _):
         feats, tokens = batch
@@ -59,10 +37,6 @@ class LockedImageTextTraining(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(tokens))
         self.log("logit_scale", scale.detach(), on_step=True, on_epoch=False, batch_size=len(tokens))
         return loss
-
-    def on_train_batch_end(self, *_):
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0, math.log(100))
 
     def configure_optimizers(self):
         decay, no_decay = [], []

@@ -74,10 +74,6 @@ class Backbone:
         return f"{self.arch}@{self.pretrained}"
 
 
-def list_architectures() -> list[str]:
-    return open_clip.list_models()
-
-
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

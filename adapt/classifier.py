@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapt.encoders import EMBEDDING, EncoderSpec, FeatureLayout, ImageEncoder
+from adapt.encoders import EncoderSpec, ImageEncoder
 from adapt.modelmeta import ClassifierMetadata
 
 logger = logging.getLogger(__name__)

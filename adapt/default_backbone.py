@@ -143,7 +143,6 @@ def _caption_pairs(recipe: LitRecipe, image_size: int):
 
 def trunk_features(model, sources, image_size: int, mean, std, progress: bool = True, batch_size: int = 32):
     """Pooled trunk features ``[N, C]`` of every image of ``sources`` (the locked part of LiT), and captions."""
-    import numpy as np
     import torch
     from torch.utils.data import DataLoader, Dataset
     from tqdm.auto import tqdm
@@ -179,7 +178,6 @@ def build_lit_backbone(recipe: LitRecipe, out_dir: Path, progress: bool = True) 
     """Build the LiT default for ``recipe.arch`` into ``out_dir``; returns the checkpoint path."""
     import lightning as L
     import open_clip
-    import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     from adapt import imagenet

@@ -82,20 +82,6 @@ def read_metadata(path: str | Path) -> ClassifierMetadata:
     raise AdaptError(f"{path} has no adapt classifier metadata (was it exported by adapt?)")
 
 
-def rewrite_metadata(path: str | Path, **changes) -> ClassifierMetadata:
-    """Change metadata fields (e.g. model name/version after registration) in place."""
-    path = Path(path)
-    model = onnx.load(str(path))
-    meta = read_metadata(path)
-    for key, value in changes.items():
-        setattr(meta, key, value)
-    set_metadata(model, ClassifierMetadata.from_json(meta.to_json()))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    onnx.save_model(model, tmp)
-    tmp.replace(path)
-    return meta
-
-
 def ort_session(path: str | Path, threads: int = 0):
     import onnxruntime as ort
 

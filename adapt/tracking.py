@@ -350,9 +350,6 @@ class TrackedRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call("artifact upload", self.client.log_artifact, self.run_id, str(path), artifact_path)
 
-    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
-        self._call("artifact upload", self.client.log_artifacts, self.run_id, str(folder), artifact_path)
-
     def lightning_logger(self):
         """A Lightning ``MLFlowLogger`` writing into this run (it neither starts nor ends the run,
         and a logging failure mid-training marks the run ``broken`` instead of stopping training)."""

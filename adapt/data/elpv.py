@@ -93,13 +93,6 @@ def _package_digest(root: str, key: str) -> str:
         return "missing"
 
 
-def module_types(images: ImageSet) -> np.ndarray:
-    """Module type (``mono``/``poly``) of each image of an ELPV ImageSet."""
-    paths, _, types = read_labels()
-    lookup = dict(zip(paths, types))
-    return np.array([lookup[k] for k in images.keys])
-
-
 def write_folder(root: str | Path, spec: str = "elpv", train_per_class: int = 40, seed: int = 0) -> Path:
     """Copy ELPV cells into the folder-dataset layout: ``ROOT/train/<label>/`` gets
     ``train_per_class`` cells per class drawn from the train pool (seeded), ``ROOT/test/<label>/``

@@ -57,9 +57,6 @@ class ImageSet:
     def load(self, i: int) -> Image.Image:
         return self.loader(self.root, self.keys[i])
 
-    def identity(self, i: int) -> str:
-        return f"{self.root}::{self.keys[i]}"
-
     def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageSet":
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         return ImageSet(

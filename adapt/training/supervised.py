@@ -8,7 +8,6 @@ improvement. The test split never enters here.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -187,9 +186,3 @@ def train_classifier(
         history=best.history,
     )
 
-
-def frozen_copy(module: nn.Module) -> nn.Module:
-    out = copy.deepcopy(module)
-    for p in out.parameters():
-        p.requires_grad_(False)
-    return out

@@ -60,8 +60,18 @@ def load_pixels(images: ImageSet, image_size: int, resize_mode: str = "shortest"
 def _cache_key(weights_id: str, encoder: str, image_size: int, resize_mode: str, mean, std, images: ImageSet) -> str:
     h = hashlib.sha256(f"{weights_id}|{encoder}|{image_size}|{resize_mode}|{tuple(mean)}|{tuple(std)}|{images.root}".encode())
     for key in images.keys:
-        h.update(b"\x1e" + key.encode())
+        h.update(b"\x1e" + key.encode() + b"\x1f" + _file_stamp(images.root, key).encode())
     return h.hexdigest()[:24]
+
+
+def _file_stamp(root: str, key: str) -> str:
+    """Size and modification time of an image file, so an image edited in place is re-read
+    (generated images, which have no file, are identified by their key alone)."""
+    try:
+        st = (Path(root) / key).stat()
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 @torch.no_grad()

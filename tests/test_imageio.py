@@ -93,3 +93,24 @@ def test_exif_orientation_is_applied():
     assert out.size == (20, 40)
     px = np.asarray(out)
     assert px[:8, :, 0].mean() > 200 and px[-8:, :, 0].mean() < 50  # the left edge is now the top
+
+
+@pytest.mark.unit
+def test_feature_cache_rereads_an_image_edited_in_place(tmp_path, tiny_backbone):
+    import os
+
+    import torch
+
+    from adapt.data import load_dataset
+    from adapt.features import cached_features
+    from conftest import write_brightness_folder
+
+    data = load_dataset(write_brightness_folder(tmp_path / "parts", per_class=4))
+    first = cached_features(tiny_backbone, data.train, progress=False)
+    assert torch.equal(cached_features(tiny_backbone, data.train, progress=False), first)  # served from the cache
+    path = tmp_path / "parts" / data.train.keys[0]
+    Image.new("RGB", (40, 48), (255, 0, 0)).save(path)  # same name, new content
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later mtime even on coarse clocks
+    again = cached_features(tiny_backbone, data.train, progress=False)
+    assert not torch.allclose(again[0], first[0]) and torch.allclose(again[1:], first[1:])

@@ -8,6 +8,7 @@ the torch classifier on random images.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -38,7 +39,7 @@ def export_onnx(
     """Write ``classifier`` as ONNX to ``path`` (atomically) and, by default, verify parity."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    classifier = classifier.eval().cpu()
+    classifier = copy.deepcopy(classifier).eval().cpu()  # the caller's model stays where it is
     size = classifier.info.image_size
     example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)  # batch >= 2 keeps the axis dynamic
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -99,7 +100,9 @@ def check_parity(classifier: ImageClassifier, path: str | Path, n: int = 4, seed
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     with torch.no_grad():
-        expected = classifier.eval().cpu()(torch.from_numpy(pixels)).numpy()
+        on_cpu = all(t.device.type == "cpu" for t in classifier.parameters())
+        reference = classifier if on_cpu else copy.deepcopy(classifier).cpu()
+        expected = reference.eval()(torch.from_numpy(pixels)).numpy()
     got = ort_session(path).run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
     err = float(np.abs(expected - got).max())
     if not err <= tolerance:

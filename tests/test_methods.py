@@ -172,3 +172,46 @@ def test_training_keeps_the_start_when_no_epoch_beats_it_on_validation():
     # training on shuffled labels can only hurt validation: the starting weights must come back
     result = train_classifier(net, (x, y[torch.randperm(40)]), (x, y), TrainConfig(epochs=3, lr=0.5, patience=5), progress=False)
     assert result.best_epoch == -1 and torch.equal(net.weight, start)
+
+
+@pytest.mark.unit
+def test_device_strings_become_lightning_trainer_arguments():
+    from adapt.training.supervised import lightning_device
+
+    assert lightning_device("cpu") == {"accelerator": "cpu", "devices": 1}
+    assert lightning_device("cuda") == {"accelerator": "gpu", "devices": 1}
+    assert lightning_device("cuda:1") == {"accelerator": "gpu", "devices": [1]}
+    with pytest.raises(ValueError, match="unknown device"):
+        lightning_device("tpu:0")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("method", [Method.COOP, Method.TIP_ADAPTER], ids=lambda m: m.value)
+def test_the_device_reaches_the_trainer(method, context, monkeypatch):
+    """``--device cuda:1`` must reach the training loop (checked without a GPU: the loop is replaced)."""
+    import dataclasses
+
+    import adapt.training.supervised as supervised
+    from adapt.methods import coop, tip_adapter
+
+    data, ctx = context
+    feats = torch.nn.functional.normalize(torch.randn(len(ctx.split.train), 64), dim=-1)
+    val = torch.nn.functional.normalize(torch.randn(len(ctx.split.val), 64), dim=-1)
+    fake = lambda *a, **k: (feats, torch.as_tensor(ctx.split.train.labels), val, torch.as_tensor(ctx.split.val.labels))  # noqa: E731
+    monkeypatch.setattr(coop, "frozen_features", fake)
+    monkeypatch.setattr(tip_adapter, "frozen_features", fake)
+    monkeypatch.setattr(tip_adapter, "class_embeddings", lambda c: torch.randn(2, 64))
+    seen = []
+
+    class Reached(Exception):
+        pass
+
+    def recorder(*args, device="cpu", **kwargs):
+        seen.append(device)
+        raise Reached
+
+    monkeypatch.setattr(supervised, "train_classifier", recorder)
+    cfg = make_config(method, {"finetune": "true"} if method is Method.TIP_ADAPTER else {})
+    with pytest.raises(Reached):
+        fit(method, dataclasses.replace(ctx, device="cuda:1"), cfg)
+    assert seen == ["cuda:1"]

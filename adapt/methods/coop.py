@@ -111,6 +111,7 @@ def _train(learner, train, y_train, val, y_val, cfg: CoOpConfig, ctx: AdaptConte
         TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience),
         loggers=ctx.lightning_loggers,
         progress=ctx.progress,
+        device=ctx.device,
         seed=ctx.seed,
     )
 

@@ -215,6 +215,7 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
         TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience),
         loggers=ctx.lightning_loggers,
         progress=ctx.progress,
+        device=ctx.device,
         seed=ctx.seed,
     )
     net.eval()

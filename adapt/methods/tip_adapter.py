@@ -86,6 +86,7 @@ def fit_tip_adapter(ctx: AdaptContext, cfg: TipAdapterConfig | None = None) -> F
             TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=256, patience=cfg.epochs),
             loggers=ctx.lightning_loggers,
             progress=ctx.progress,
+            device=ctx.device,
             seed=ctx.seed,
         )
         with torch.no_grad():

@@ -84,6 +84,15 @@ class ClassifierModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def lightning_device(device: str) -> dict:
+    """A torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``) as Lightning Trainer arguments."""
+    kind, _, index = str(device).partition(":")
+    accelerator = {"cuda": "gpu", "cpu": "cpu", "mps": "mps"}.get(kind)
+    if accelerator is None:
+        raise ValueError(f"unknown device '{device}' (use cpu, cuda, cuda:N or mps)")
+    return {"accelerator": accelerator, "devices": [int(index)] if index else 1}
+
+
 def _score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """(balanced accuracy, -cross-entropy): higher is better, compared as a tuple."""
     pred = logits.argmax(dim=1)
@@ -136,7 +145,7 @@ def train_classifier(
     val_data: tuple[torch.Tensor, torch.Tensor],
     cfg: TrainConfig,
     *,
-    accelerator: str = "cpu",
+    device: str = "cpu",
     loggers: list | None = None,
     progress: bool = True,
     seed: int = 0,
@@ -160,8 +169,7 @@ def train_classifier(
     best = BestOnValidation(cfg.patience, initial_score, initial_state)
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
-        accelerator=accelerator,
-        devices=1,
+        **lightning_device(device),
         logger=loggers or False,
         callbacks=[best],
         enable_checkpointing=False,

@@ -215,3 +215,16 @@ def test_the_device_reaches_the_trainer(method, context, monkeypatch):
     with pytest.raises(Reached):
         fit(method, dataclasses.replace(ctx, device="cuda:1"), cfg)
     assert seen == ["cuda:1"]
+
+
+@pytest.mark.unit
+def test_the_methods_do_not_import_lightning():
+    """Lightning lives in adapt.training only: the method contract and the methods load without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import adapt.methods, adapt.methods.coop, adapt.methods.lora, adapt.methods.linear, "
+            "adapt.methods.tip_adapter, adapt.methods.zeroshot; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]; print(bad); assert not bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr

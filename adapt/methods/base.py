@@ -22,6 +22,26 @@ from adapt.method_names import Method
 
 
 @dataclass
+class TrainConfig:
+    """Settings of the supervised loop (``adapt.training.supervised.train_classifier``) that a method asks for."""
+
+    epochs: int = 50  # maximum epochs
+    lr: float = 2e-3  # peak learning rate (AdamW, linear warmup then cosine decay)
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    warmup_epochs: int = 1
+    patience: int = 10  # stop after this many epochs without a better validation score
+    grad_clip: float = 1.0  # max gradient norm, 0 = off
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be positive")
+
+
+@dataclass
 class AdaptContext:
     backbone: Backbone
     split: FewShotSplit

@@ -17,10 +17,9 @@ from torch import nn
 
 from adapt.classifier import CosineHead, ImageClassifier
 from adapt.errors import AdaptError
-from adapt.methods.base import AdaptContext, FitResult, Method
+from adapt.methods.base import AdaptContext, FitResult, Method, TrainConfig
 from adapt.methods.frozen import frozen_features, logit_scale
 from adapt.methods.prompts import class_text
-from adapt.training.supervised import TrainConfig
 
 
 @dataclass

@@ -31,10 +31,9 @@ from adapt.classifier import CosineHead, ImageClassifier, PixelNormalizer
 from adapt.encoders import ImageEncoder, freeze_norm_stats
 from adapt.errors import AdaptError
 from adapt.features import labels_tensor, load_pixels
-from adapt.methods.base import AdaptContext, FitResult, Method
+from adapt.methods.base import AdaptContext, FitResult, Method, TrainConfig
 from adapt.methods.frozen import logit_scale
 from adapt.methods.prompts import DEFAULT_TEMPLATES, class_text
-from adapt.training.supervised import TrainConfig
 
 logger = logging.getLogger(__name__)
 

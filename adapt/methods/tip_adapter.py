@@ -77,7 +77,8 @@ def fit_tip_adapter(ctx: AdaptContext, cfg: TipAdapterConfig | None = None) -> F
     params = {"alpha": alpha, "beta": beta, "text_weight": gamma, "finetune": cfg.finetune}
     history = []
     if cfg.finetune:
-        from adapt.training.supervised import TrainConfig, train_classifier
+        from adapt.methods.base import TrainConfig
+        from adapt.training.supervised import train_classifier
 
         result = train_classifier(
             head,

@@ -18,25 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from adapt.methods.base import TrainConfig  # the loop's settings belong to the method contract (no Lightning there)
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 50  # maximum epochs
-    lr: float = 2e-3  # peak learning rate (AdamW, linear warmup then cosine decay)
-    weight_decay: float = 0.01
-    batch_size: int = 32
-    warmup_epochs: int = 1
-    patience: int = 10  # stop after this many epochs without a better validation score
-    grad_clip: float = 1.0  # max gradient norm, 0 = off
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be positive")
 
 
 class ClassifierModule(L.LightningModule):

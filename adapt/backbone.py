@@ -204,10 +204,22 @@ def _register_config_beside(checkpoint: Path, arch: str) -> None:
             _register_config(arch, info["model_cfg"])
 
 
-def _register_config(arch: str, model_cfg: dict) -> None:
-    from open_clip import factory
+_CONFIG_DIR: Path | None = None  # this process's configs of loaded checkpoints, registered with open_clip
 
-    factory._MODEL_CONFIGS[arch] = model_cfg  # open_clip's own registry (add_model_config needs a file)
+
+def _register_config(arch: str, model_cfg: dict) -> None:
+    """Make ``arch`` mean ``model_cfg`` for open_clip (through its public ``add_model_config``,
+    which reads files: one per architecture in a folder kept for the life of the process)."""
+    global _CONFIG_DIR
+    import atexit
+    import shutil
+    import tempfile
+
+    if _CONFIG_DIR is None:
+        _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="adapt-configs-"))
+        atexit.register(shutil.rmtree, _CONFIG_DIR, True)
+    (_CONFIG_DIR / f"{arch}.json").write_text(json.dumps(model_cfg))
+    open_clip.add_model_config(_CONFIG_DIR / f"{arch}.json")  # registered after the built-ins, so it wins
 
 
 def _hub_reachable() -> bool:

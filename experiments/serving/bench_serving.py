@@ -63,10 +63,11 @@ import report  # noqa: E402
 
 logger = logging.getLogger("bench_serving")
 
-CACHED_MODEL = HERE / ".cache" / "model" / "model.onnx"
 MODEL_COMMAND = (
     "retrain --data elpv --method linear --shots 16 --seed 1 --backbone adapt-effnet-lite0 --pretrained imagenet --no-tracking"
 )
+# the made model is cached under a name of the command that made it, so a changed command never reuses a stale model
+CACHED_MODEL = HERE / ".cache" / f"model-{hashlib.sha256(MODEL_COMMAND.encode()).hexdigest()[:8]}" / "model.onnx"
 QUIET_LOAD = 1.0  # 1-minute load average (half of 2 cores; it lags a minute behind) above which the machine is not quiet
 BUSY_PERCENT = 10.0  # CPU busy (over 2 s, all cores) above which it is not quiet
 OTHER_CORES = 0.1  # cores used by other processes during a measurement above which it was not quiet

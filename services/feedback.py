@@ -63,7 +63,19 @@ class FeedbackStore:
         self.root = Path(data_dir).expanduser()
         self.csv_path = self.root / CSV_NAME
         self._lock = threading.Lock()
+        self._remove_stale_temp_files()
         self._stored = self._read_index()  # request_id -> (label, relative path)
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files of writes that a killed server never finished (``_write_atomic``'s ``.*.tmp``):
+        never part of the store, removed when a server opens it."""
+        if not self.root.is_dir():
+            return
+        stale = [p for p in self.root.rglob(".*.tmp") if p.is_file()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            logger.warning("feedback store %s: removed %d unfinished temp file(s) left by an interrupted write", self.root, len(stale))
 
     def save(
         self,

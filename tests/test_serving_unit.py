@@ -281,3 +281,14 @@ def test_file_source_token_changes_when_the_file_is_replaced(tmp_path):
     assert source.poll() == first
     make_tiny_onnx(tmp_path / "m.onnx", version="2")
     assert source.poll() != first
+
+
+def test_a_restarted_store_removes_temp_files_of_interrupted_writes(tmp_path, caplog):
+    store = FeedbackStore(tmp_path / "fb")
+    store.save("r0", "good", image_bytes(10))
+    left = tmp_path / "fb" / "good" / ".tmpab12cd.tmp"  # what a kill -9 between write and rename leaves
+    left.write_bytes(b"half an image")
+    with caplog.at_level("WARNING"):
+        again = FeedbackStore(tmp_path / "fb")
+    assert not left.exists() and "removed 1 unfinished temp file" in caplog.text
+    assert (tmp_path / "fb" / "good" / "r0.png").is_file() and again.save("r0", "good", image_bytes(10)).duplicate

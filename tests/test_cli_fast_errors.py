@@ -32,6 +32,8 @@ CASES = [
     (["retrain", "--data", "empty"], "no images in empty"),
     (["retrain", "--data", "synthetic", "--method", "bogus"], "invalid choice: 'bogus'"),
     (["retrain", "--data", "synthetic", "--hp", "rank"], "--hp must look like KEY=VALUE"),
+    (["retrain", "--data", "synthetic", "--method", "lora", "--hp", "rnak=8"], "unknown hyper-parameter 'rnak' for lora"),
+    (["retrain", "--data", "synthetic", "--method", "lora", "--hp", "rank=eight"], "--hp: invalid literal"),
     (["retrain", "--data", "synthetic", "--pretrained", "/no/such/weights.bin"], "weights not found"),
     (["eval", "--model", "missing.onnx", "--data", "synthetic"], "model not found: missing.onnx"),
     (["eval", "--model", "model.onnx", "--data", "nowhere"], "dataset not found: nowhere"),

@@ -9,22 +9,20 @@ import sys
 from adapt.cli import checks
 from adapt.cli.common import add_backbone_options, parse_key_values
 from adapt.cli.tracking_options import add_tracking_options, make_hooks
+from adapt.errors import AdaptError
+from adapt.method_configs import help_text, make_config
 from adapt.method_names import Method
 
 METHODS = tuple(m.value for m in Method)
 
-EPILOG = """\
+EPILOG_TEMPLATE = """\
 examples:
   adapt retrain --data parts/ --method linear --shots 16 --seed 1
   adapt retrain --data elpv --method lora --shots 16 --hp rank=8 --hp epochs=80
   adapt retrain --data labels.csv --method tip-adapter --hp finetune=true --output-dir runs/tip
 
-hyper-parameters (--hp KEY=VALUE) per method:
-  linear       c_grid, max_iter
-  coop         n_ctx, init, epochs, lr, batch_size, patience
-  lora         head (linear-probe|text), towers (vision,text), modules (attn,c_fc,c_proj), rank, alpha, dropout,
-               epochs, lr, batch_size, patience, augment
-  tip-adapter  alpha_grid, beta_grid, finetune, epochs, lr
+hyper-parameters (--hp KEY=VALUE; lists comma-separated) per method, with their defaults:
+{hp_help}
 """
 
 
@@ -35,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Few-shot adaptation: draws --shots images per class (and as many for validation) from the "
         "training pool with --seed, fits --method, chooses hyper-parameters and the reject threshold on the "
         "validation images only, exports model.onnx and evaluates it on the held-out test split.",
-        epilog=EPILOG,
+        epilog=EPILOG_TEMPLATE.format(hp_help=help_text()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", required=True, help="folder ROOT/<label>/*.png, CSV manifest path,label[,split], elpv[:4class][:mono|:poly], or synthetic")
@@ -60,13 +58,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adapt.errors import AdaptError
 
     checks.check_data(args.data)  # user errors first, in milliseconds
     for extra in args.include:
         checks.check_data(extra, "--include")
     checks.check_weights(args.pretrained)
     hparams, descriptions = parse_key_values(args.hp, "--hp"), parse_key_values(args.describe, "--describe")
+    try:
+        make_config(args.method, hparams)  # unknown or malformed --hp: one line, before torch is imported
+    except (TypeError, ValueError) as exc:
+        raise AdaptError(f"--hp: {exc}") from exc
     if args.shots < 1:
         raise AdaptError("--shots must be >= 1")
     hooks = make_hooks(args)  # checks the tracking store in seconds, before heavy imports and any work

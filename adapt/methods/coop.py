@@ -8,7 +8,6 @@ embeddings at the end, so the exported classifier is a plain cosine head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,20 +19,7 @@ from adapt.errors import AdaptError
 from adapt.methods.base import AdaptContext, FitResult, Method, TrainConfig
 from adapt.methods.frozen import frozen_features, logit_scale
 from adapt.methods.prompts import class_text
-
-
-@dataclass
-class CoOpConfig:
-    n_ctx: int = 4  # number of learned context tokens
-    init: str = "a photo of a"  # words whose embeddings initialise the context ("" = random)
-    epochs: int = 100
-    lr: float = 2e-3
-    batch_size: int = 32
-    patience: int = 20  # early stopping on the validation split
-
-    def __post_init__(self) -> None:
-        if self.n_ctx < 1:
-            raise ValueError("n_ctx must be >= 1")
+from adapt.method_configs import CoOpConfig
 
 
 class TextTower(nn.Module):

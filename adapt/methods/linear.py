@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,18 +17,9 @@ from sklearn.linear_model import LogisticRegression
 from adapt.classifier import ImageClassifier, LinearHead
 from adapt.methods.base import AdaptContext, FitResult, Method
 from adapt.methods.frozen import frozen_features, selection_score
+from adapt.method_configs import LinearConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class LinearConfig:
-    c_grid: list[float] = field(default_factory=lambda: np.logspace(-2, 4, 13).tolist())  # candidate inverse regularisation strengths
-    max_iter: int = 2000  # L-BFGS iterations per fit
-
-    def __post_init__(self) -> None:
-        if not self.c_grid or min(self.c_grid) <= 0:
-            raise ValueError("c_grid needs positive values")
 
 
 def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, seed: int) -> LogisticRegression:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,66 +33,10 @@ from adapt.features import labels_tensor, load_pixels
 from adapt.methods.base import AdaptContext, FitResult, Method, TrainConfig
 from adapt.methods.frozen import logit_scale
 from adapt.methods.prompts import DEFAULT_TEMPLATES, class_text
+from adapt.method_configs import LoraConfig
 
 logger = logging.getLogger(__name__)
 
-TOWER_PREFIXES = {"vision": (r"visual\.transformer",), "text": (r"transformer", r"text\.transformer")}
-BLOCK_MODULES = {"attn": "attn", "c_fc": r"mlp\.c_fc", "c_proj": r"mlp\.c_proj"}
-CNN_MODULES = {"conv_pw": "conv_pw", "conv_pwl": "conv_pwl"}
-VIT_DEFAULT, CNN_DEFAULT = ["attn", "c_fc", "c_proj"], ["conv_pw", "conv_pwl"]
-
-
-HEADS = ("linear-probe", "text")
-
-
-@dataclass
-class LoraConfig:
-    head: str = "linear-probe"  # linear-probe (LP-FT) or text (CLIP-LoRA: cosine to class prompts)
-    towers: list[str] = field(default_factory=lambda: ["vision", "text"])  # which encoders get adapters (text: only with head=text)
-    modules: list[str] = field(default_factory=lambda: ["auto"])  # block parts: attn,c_fc,c_proj (ViT) or conv_pw,conv_pwl (CNN); auto = all of the tower's
-    cnn_from_block: int = 3  # CNN towers: adapt blocks from this stage on (timm blocks index)
-    rank: int = 4  # LoRA rank r
-    alpha: float = 8.0  # LoRA scaling numerator (scale = alpha / r)
-    dropout: float = 0.1  # dropout on the LoRA branch input
-    epochs: int = 60
-    lr: float = 1e-3
-    batch_size: int = 16
-    patience: int = 8  # epochs without a better validation score before stopping
-    augment: bool = True  # random resized crop + flips on the training images
-
-    def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        if not set(self.towers) <= set(TOWER_PREFIXES) or not self.towers:
-            raise ValueError(f"towers must be a non-empty subset of {sorted(TOWER_PREFIXES)}")
-        known = {"auto", *BLOCK_MODULES, *CNN_MODULES}
-        if not set(self.modules) <= known or not self.modules:
-            raise ValueError(f"modules must be a non-empty subset of {sorted(known)}")
-        if self.rank < 1:
-            raise ValueError("rank must be >= 1")
-
-    def adapted_towers(self) -> list[str]:
-        """The text tower takes no part in a linear-probe head, so it gets no adapters then."""
-        return [t for t in self.towers if t == "vision" or self.head == "text"]
-
-    def target_regex(self, cnn_vision: bool = False) -> str:
-        """Module names for peft; ``cnn_vision`` when the image tower is a timm CNN."""
-        towers = self.adapted_towers()
-        patterns = []
-        vit_towers = [t for t in towers if not (t == "vision" and cnn_vision)]
-        if vit_towers:
-            mods = [m for m in (VIT_DEFAULT if "auto" in self.modules else self.modules) if m in BLOCK_MODULES]
-            if mods:
-                prefixes = "|".join(p for t in vit_towers for p in TOWER_PREFIXES[t])
-                patterns.append(rf"({prefixes})\.resblocks\.\d+\.({'|'.join(BLOCK_MODULES[m] for m in mods)})")
-        if "vision" in towers and cnn_vision:
-            mods = [m for m in (CNN_DEFAULT if "auto" in self.modules else self.modules) if m in CNN_MODULES]
-            if mods:
-                blocks = "|".join(str(b) for b in range(self.cnn_from_block, 16))
-                patterns.append(rf"visual\.trunk\.blocks\.({blocks})\.\d+\.({'|'.join(mods)})")
-        if not patterns:
-            raise AdaptError(f"LoRA modules {self.modules} do not exist in the adapted tower(s) {towers}")
-        return "^(" + "|".join(patterns) + ")$"
 
 
 class AugmentedPixels(Dataset):

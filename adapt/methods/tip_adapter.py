@@ -10,7 +10,6 @@ best epoch is chosen on validation, and alpha/beta are searched again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,20 +18,7 @@ import torch.nn.functional as F
 from adapt.classifier import ImageClassifier, TipAdapterHead
 from adapt.methods.base import AdaptContext, FitResult, Method
 from adapt.methods.frozen import class_embeddings, frozen_features, logit_scale, selection_score
-
-
-@dataclass
-class TipAdapterConfig:
-    alpha_grid: list[float] = field(default_factory=lambda: [0.0, *np.logspace(-1.5, 2, 15).tolist()])  # cache weight candidates
-    beta_grid: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.5, 5.5, 7.5, 10.0, 15.0, 25.0, 50.0])  # sharpness candidates (large for tightly clustered CNN features)
-    text_weight_grid: list[float] = field(default_factory=lambda: [1.0, 0.0])  # zero-shot term weight candidates (0 = cache only)
-    finetune: bool = False  # Tip-Adapter-F: train the cache keys
-    epochs: int = 20  # Tip-Adapter-F epochs
-    lr: float = 1e-3  # Tip-Adapter-F learning rate
-
-    def __post_init__(self) -> None:
-        if not self.alpha_grid or not self.beta_grid or not self.text_weight_grid:
-            raise ValueError("alpha_grid, beta_grid and text_weight_grid must not be empty")
+from adapt.method_configs import TipAdapterConfig
 
 
 def _search(head: TipAdapterHead, cfg: TipAdapterConfig, val, y_val, ctx: AdaptContext) -> tuple[float, float, float]:

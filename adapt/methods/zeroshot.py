@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
@@ -10,11 +9,7 @@ from adapt.classifier import CosineHead, ImageClassifier
 from adapt.methods.base import AdaptContext, FitResult, Method
 from adapt.features import cached_features
 from adapt.methods.frozen import class_embeddings, logit_scale
-
-
-@dataclass
-class ZeroShotConfig:
-    """Zero-shot has no hyper-parameters besides the prompts (class descriptions come from the data or the CLI)."""
+from adapt.method_configs import ZeroShotConfig
 
 
 def fit_zeroshot(ctx: AdaptContext, cfg: ZeroShotConfig | None = None) -> FitResult:

@@ -1,0 +1,195 @@
+"""The methods' hyper-parameters: typed dataclasses with one line of help per field, no torch.
+
+They are the one source of ``--hp`` names, defaults, parsing and ``adapt retrain --help``, and the
+CLI validates ``--hp`` with them before any heavy import. The methods themselves live in
+``adapt.methods`` (torch, open_clip, peft).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adapt.errors import AdaptError
+from adapt.method_names import Method
+
+
+def hp(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING):
+    """A hyper-parameter: its default (or default factory) and its one-line help (peft's style)."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ZeroShotConfig:
+    """Zero-shot has no hyper-parameters besides the prompts (class descriptions come from the data or the CLI)."""
+
+
+@dataclass
+class LinearConfig:
+    c_grid: list[float] = hp(factory=lambda: np.logspace(-2, 4, 13).tolist(), help="candidate inverse regularisation strengths C, chosen on validation")
+    max_iter: int = hp(2000, "L-BFGS iterations per fit")
+
+    def __post_init__(self) -> None:
+        if not self.c_grid or min(self.c_grid) <= 0:
+            raise ValueError("c_grid needs positive values")
+
+
+@dataclass
+class CoOpConfig:
+    n_ctx: int = hp(4, "number of learned context tokens")
+    init: str = hp("a photo of a", "words whose embeddings initialise the context ('' = random)")
+    epochs: int = hp(100, "maximum epochs")
+    lr: float = hp(2e-3, "peak learning rate")
+    batch_size: int = hp(32, "images per step")
+    patience: int = hp(20, "epochs without a better validation score before stopping")
+
+    def __post_init__(self) -> None:
+        if self.n_ctx < 1:
+            raise ValueError("n_ctx must be >= 1")
+
+
+LORA_TOWER_PREFIXES = {"vision": (r"visual\.transformer",), "text": (r"transformer", r"text\.transformer")}
+LORA_VIT_MODULES = {"attn": "attn", "c_fc": r"mlp\.c_fc", "c_proj": r"mlp\.c_proj"}
+LORA_CNN_MODULES = {"conv_pw": "conv_pw", "conv_pwl": "conv_pwl"}
+LORA_HEADS = ("linear-probe", "text")
+
+
+@dataclass
+class LoraConfig:
+    head: str = hp("linear-probe", "linear-probe (LP-FT: the linear probe, then fine-tuned with the adapters) or text (CLIP-LoRA: cosine to class prompts)")
+    towers: list[str] = hp(factory=lambda: ["vision", "text"], help="encoders that get adapters (text only with head=text)")
+    modules: list[str] = hp(factory=lambda: ["auto"], help="block parts: attn,c_fc,c_proj (ViT) or conv_pw,conv_pwl (CNN); auto = all of the tower's")
+    cnn_from_block: int = hp(3, "CNN towers: adapt the blocks from this stage on (timm's blocks index)")
+    rank: int = hp(4, "LoRA rank r")
+    alpha: float = hp(8.0, "LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = hp(0.1, "dropout on the LoRA branch input")
+    epochs: int = hp(60, "maximum epochs")
+    lr: float = hp(1e-3, "peak learning rate")
+    batch_size: int = hp(16, "images per step")
+    patience: int = hp(8, "epochs without a better validation score before stopping")
+    augment: bool = hp(True, "random resized crop + flips on the training images")
+
+    def __post_init__(self) -> None:
+        if self.head not in LORA_HEADS:
+            raise ValueError(f"head must be one of {', '.join(LORA_HEADS)}, got {self.head!r}")
+        if not set(self.towers) <= set(LORA_TOWER_PREFIXES) or not self.towers:
+            raise ValueError(f"towers must be a non-empty subset of {sorted(LORA_TOWER_PREFIXES)}")
+        known = {"auto", *LORA_VIT_MODULES, *LORA_CNN_MODULES}
+        if not set(self.modules) <= known or not self.modules:
+            raise ValueError(f"modules must be a non-empty subset of {sorted(known)}")
+        if self.rank < 1:
+            raise ValueError("rank must be >= 1")
+
+    def adapted_towers(self) -> list[str]:
+        """The text tower takes no part in a linear-probe head, so it gets no adapters then."""
+        return [t for t in self.towers if t == "vision" or self.head == "text"]
+
+    def target_regex(self, cnn_vision: bool = False) -> str:
+        """Module names for peft; ``cnn_vision`` when the image tower is a timm CNN."""
+        towers = self.adapted_towers()
+        patterns = []
+        vit_towers = [t for t in towers if not (t == "vision" and cnn_vision)]
+        auto = "auto" in self.modules
+        if vit_towers:
+            mods = [m for m in (LORA_VIT_MODULES if auto else self.modules) if m in LORA_VIT_MODULES]
+            if mods:
+                prefixes = "|".join(p for t in vit_towers for p in LORA_TOWER_PREFIXES[t])
+                patterns.append(rf"({prefixes})\.resblocks\.\d+\.({'|'.join(LORA_VIT_MODULES[m] for m in mods)})")
+        if "vision" in towers and cnn_vision:
+            mods = [m for m in (LORA_CNN_MODULES if auto else self.modules) if m in LORA_CNN_MODULES]
+            if mods:
+                blocks = "|".join(str(b) for b in range(self.cnn_from_block, 16))
+                patterns.append(rf"visual\.trunk\.blocks\.({blocks})\.\d+\.({'|'.join(mods)})")
+        if not patterns:
+            raise AdaptError(f"LoRA modules {self.modules} do not exist in the adapted tower(s) {towers}")
+        return "^(" + "|".join(patterns) + ")$"
+
+
+@dataclass
+class TipAdapterConfig:
+    alpha_grid: list[float] = hp(factory=lambda: [0.0, *np.logspace(-1.5, 2, 15).tolist()], help="cache weight candidates")
+    beta_grid: list[float] = hp(factory=lambda: [0.5, 1.0, 2.0, 3.5, 5.5, 7.5, 10.0, 15.0, 25.0, 50.0],
+                                help="cache sharpness candidates (large ones for tightly clustered CNN features)")
+    text_weight_grid: list[float] = hp(factory=lambda: [1.0, 0.0], help="zero-shot term weight candidates (0 = the cache alone)")
+    finetune: bool = hp(False, "Tip-Adapter-F: train the cache keys")
+    epochs: int = hp(20, "Tip-Adapter-F epochs")
+    lr: float = hp(1e-3, "Tip-Adapter-F learning rate")
+
+    def __post_init__(self) -> None:
+        if not self.alpha_grid or not self.beta_grid or not self.text_weight_grid:
+            raise ValueError("alpha_grid, beta_grid and text_weight_grid must not be empty")
+
+
+CONFIGS: dict[Method, type] = {
+    Method.ZEROSHOT: ZeroShotConfig,
+    Method.LINEAR: LinearConfig,
+    Method.COOP: CoOpConfig,
+    Method.LORA: LoraConfig,
+    Method.TIP_ADAPTER: TipAdapterConfig,
+}
+
+
+def config_fields(method: Method | str) -> dict[str, Any]:
+    """Hyper-parameter names and defaults of a method."""
+    config_cls = CONFIGS[Method(method)]
+    return {f.name: getattr(config_cls(), f.name) for f in dataclasses.fields(config_cls)}
+
+
+def make_config(method: Method | str, overrides: dict[str, str] | None = None):
+    """Build a method's config from ``KEY=VALUE`` strings, parsed by the default's type."""
+    config_cls = CONFIGS[Method(method)]
+    defaults = config_cls()
+    kwargs = {}
+    for key, text in (overrides or {}).items():
+        if not hasattr(defaults, key):
+            known = ", ".join(config_fields(method)) or "none"
+            raise ValueError(f"unknown hyper-parameter '{key}' for {Method(method).value} (known: {known})")
+        kwargs[key] = _parse_like(getattr(defaults, key), text)
+    return config_cls(**kwargs)
+
+
+def _parse_like(default: Any, text: str) -> Any:
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true/false, got '{text}'")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    if isinstance(default, list):
+        if text.startswith("["):
+            return json.loads(text)
+        items = [t for t in text.split(",") if t]
+        kind = type(default[0]) if default else str
+        return [kind(t) for t in items]
+    return text
+
+
+def help_text() -> str:
+    """``--hp`` names, defaults and help of every method, for ``adapt retrain --help``."""
+    lines = []
+    for method, config_cls in CONFIGS.items():
+        fields = dataclasses.fields(config_cls)
+        if not fields:
+            lines.append(f"  {method.value}: none")
+            continue
+        lines.append(f"  {method.value}:")
+        defaults = config_cls()
+        for f in fields:
+            value = getattr(defaults, f.name)
+            shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, list) else value
+            shown = str(shown)
+            if len(shown) > 40:
+                shown = shown[:37] + "..."
+            lines.append(f"    {f.name}={shown}")
+            lines.append(f"        {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -62,3 +62,22 @@ def test_user_error_is_one_line_before_heavy_imports(argv, message, tmp_path):
     lines = result["stderr"].strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"adapt {argv[0]}") and message in lines[0], result["stderr"]
     assert result["heavy"] == [], f"imported {result['heavy']} before answering"
+
+
+def test_unknown_registered_model_alias_or_version_answers_before_mlflow_is_imported(tmp_path):
+    """The embedded store is read directly: a typo in a models:/ URI costs milliseconds, not an MLflow import."""
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=store, registry_uri=store).create_registered_model("parts")  # the real schema, no versions
+    for uri, message in [
+        ("models:/parts@champion", "model 'parts' has no alias 'champion'"),
+        ("models:/parts/3", "model 'parts' has no version 3"),
+        ("models:/gears@champion", "no registered model 'gears'"),
+    ]:
+        argv = ["export", "--model", uri, "--out", "x.onnx", "--tracking-uri", store]
+        proc = subprocess.run([sys.executable, "-c", RUN_CLI, json.dumps(argv)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        lines = result["stderr"].strip().splitlines()
+        assert result["rc"] not in (0, None) and len(lines) == 1 and message in lines[0], result["stderr"]
+        assert result["heavy"] == [], f"imported {result['heavy']} before answering"

@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
     for uri in args.model:  # user errors first, in milliseconds
         if not args.wait_for_model or uri.startswith("models:/"):
-            checks.check_model(uri, args.tracking_uri)
+            checks.check_model(uri, args.tracking_uri, registered=not args.wait_for_model)
     for option in ("tls_cert", "tls_key", "tls_ca", "token_file"):
         checks.check_file(getattr(args, option), "--" + option.replace("_", "-"))
     from services.hosted import BatchingConfig

@@ -13,8 +13,10 @@ The networks expect ``(x - 127) / 128`` on 0..255 pixels, i.e. mean 127/255 and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +102,8 @@ def reference_parity(net: str, model: torch.nn.Module, tolerance: float = PARITY
     except ImportError:
         return None
     src = SOURCES[net]
-    reference = EfficientNet.from_pretrained(src.reference_name, weights_path=str(weights_path(net))).eval()
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights ..."
+        reference = EfficientNet.from_pretrained(src.reference_name, weights_path=str(weights_path(net))).eval()
     x = torch.randn(2, 3, src.native_size, src.native_size, generator=torch.Generator().manual_seed(0))
     err = float((reference(x) - model.eval()(x)).abs().max())
     if not err <= tolerance:

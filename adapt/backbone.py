@@ -143,9 +143,7 @@ def create_backbone(
 
 def imagenet_net(model_cfg: dict | None) -> str | None:
     """``lite0``/``lite2`` when the config's image tower is an EfficientNet-Lite with shipped weights."""
-    timm_name = ((model_cfg or {}).get("vision_cfg") or {}).get("timm_model_name")
-    src = imagenet.source_for(timm_name) if timm_name else None
-    return next((k for k, v in imagenet.SOURCES.items() if v is src), None) if src else None
+    return imagenet.net_for(((model_cfg or {}).get("vision_cfg") or {}).get("timm_model_name"))
 
 
 def load_imagenet_tower(model: torch.nn.Module, arch: str) -> str:

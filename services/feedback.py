@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from adapt.imageio import decode_image
+from adapt.contract.imageio import decode_image
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from services.batching import BatchResult, DynamicBatcher
 from services.logs import log_event
 from services.model import ModelLoadError, OnnxClassifier, RuntimeConfig
-from services.registry import ModelSource, SourceError
+from services.sources import ModelSource, SourceError
 
 logger = logging.getLogger(__name__)
 

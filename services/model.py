@@ -1,8 +1,8 @@
 """An exported classifier loaded in ONNX Runtime: metadata, preprocessing and batched inference.
 
-The file format is ``adapt.modelmeta``'s contract: input ``pixels`` uint8[N, H, W, 3], output
+The file format is ``adapt.contract.modelmeta``'s contract: input ``pixels`` uint8[N, H, W, 3], output
 ``probabilities`` float32[N, C], the ``ClassifierMetadata`` JSON in the model's metadata_props.
-Preprocessing is ``adapt.imageio.bytes_to_model_pixels`` with the model's own size and resize
+Preprocessing is ``adapt.contract.imageio.bytes_to_model_pixels`` with the model's own size and resize
 mode, i.e. exactly what training and evaluation do.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from adapt.imageio import bytes_to_model_pixels
-from adapt.modelmeta import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata
+from adapt.contract.imageio import bytes_to_model_pixels
+from adapt.contract.modelmeta import INPUT_NAME, OUTPUT_NAME, ClassifierMetadata, MetadataError, ort_providers, read_session
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +50,6 @@ class RuntimeConfig:
 SPIN_MODES = ("off", "run", "on")
 
 
-def default_providers() -> list[str]:
-    """CUDAExecutionProvider first when this onnxruntime build has it, then CPU."""
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
 class OnnxClassifier:
     """One loaded version of a classifier. Immutable after construction; thread-safe to run."""
 
@@ -74,11 +68,14 @@ class OnnxClassifier:
             options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self._session = ort.InferenceSession(
-                str(self.path), options, providers=list(runtime.providers) or default_providers()
+                str(self.path), options, providers=list(runtime.providers) or ort_providers()
             )
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ModelLoadError(f"{self.path}: cannot load ONNX model ({_first_line(exc)})") from exc
-        self.metadata = _read_metadata(self._session, self.path)
+        try:
+            self.metadata = read_session(self._session, str(self.path))
+        except MetadataError as exc:
+            raise ModelLoadError(str(exc)) from exc
         _check_signature(self._session, self.metadata, self.path)
         self.name = name or self.metadata.model_name or self.path.stem
         self.version = version or self.metadata.model_version or _file_digest(self.path)
@@ -105,16 +102,6 @@ class OnnxClassifier:
 
     def __repr__(self) -> str:
         return f"OnnxClassifier(name={self.name!r}, version={self.version!r}, path='{self.path}')"
-
-
-def _read_metadata(session: ort.InferenceSession, path: Path) -> ClassifierMetadata:
-    props = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in props:
-        raise ModelLoadError(f"{path}: no '{METADATA_KEY}' metadata; not a classifier exported by adapt")
-    try:
-        return ClassifierMetadata.from_json(props[METADATA_KEY])
-    except (ValueError, TypeError) as exc:
-        raise ModelLoadError(f"{path}: invalid '{METADATA_KEY}' metadata ({exc})") from exc
 
 
 def _check_signature(session: ort.InferenceSession, meta: ClassifierMetadata, path: Path) -> None:

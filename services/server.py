@@ -26,7 +26,7 @@ from services.logs import log_event
 from services.metrics import ServerMetrics
 from services.model import ModelLoadError, RuntimeConfig
 from services.proto import inspection_pb2_grpc as pb_grpc
-from services.registry import ModelSource, SourceError, open_source
+from services.sources import ModelSource, SourceError, open_source
 from services.servicer import SERVICE_NAME, InspectionServicer
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from PIL import UnidentifiedImageError
 
-from adapt.imageio import ImageDecodeError
+from adapt.contract.imageio import ImageDecodeError
 from services.batching import BatcherStoppedError, BatchResult, DeadlineExpiredError, QueueFullError
 from services.feedback import FeedbackStore, RecentRequests, check_label, check_request_id
 from services.hosted import HostedModel, ModelUnavailableError

@@ -47,7 +47,7 @@ def brightness_folder(tmp_path) -> Path:
 def tiny_backbone():
     import torch
 
-    from adapt.backbone import create_backbone
+    from adapt.core.backbone import create_backbone
 
     torch.manual_seed(0)
     return create_backbone("adapt-tiny", "none")
@@ -68,7 +68,7 @@ def tiny_cnn_arch(tmp_path_factory) -> str:
 
     import open_clip
 
-    import adapt.backbone  # noqa: F401  (registers the built-in configs first)
+    import adapt.core.backbone  # noqa: F401  (registers the built-in configs first)
 
     path = tmp_path_factory.mktemp("configs") / "test-effnet.json"
     path.write_text(json.dumps(TINY_CNN_CONFIG))
@@ -80,7 +80,7 @@ def tiny_cnn_arch(tmp_path_factory) -> str:
 def tiny_cnn_backbone(tiny_cnn_arch):
     import torch
 
-    from adapt.backbone import create_backbone
+    from adapt.core.backbone import create_backbone
 
     torch.manual_seed(0)
     return create_backbone(tiny_cnn_arch, "imagenet")

@@ -1,6 +1,6 @@
 """Tiny self-made exported classifiers and images for serving tests (no torch, no network).
 
-``make_tiny_onnx`` builds a classifier that follows ``adapt.modelmeta``'s contract and whose
+``make_tiny_onnx`` builds a classifier that follows ``adapt.contract.modelmeta``'s contract and whose
 answer depends on the image: the mean brightness picks the class (dark -> first label,
 bright -> last), so each request's answer can be checked. ``make_echo_onnx`` returns the
 model input itself as "probabilities", to see exactly which pixels the server computed.
@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from adapt.modelmeta import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata
+from adapt.contract.modelmeta import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata
 
 OPSET = 17
 IR_VERSION = 8

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from adapt.backbone import create_backbone, save_checkpoint
+from adapt.core.backbone import create_backbone, save_checkpoint
 from adapt.errors import BackboneError
 
 pytestmark = pytest.mark.unit
@@ -59,7 +59,7 @@ def test_unknown_tag_lists_the_known_ones():
 
 
 def test_hub_tag_offline_fails_fast_with_the_fix(monkeypatch):
-    import adapt.backbone as backbone
+    import adapt.core.backbone as backbone
 
     monkeypatch.setattr(backbone, "_hub_reachable", lambda: False)
     start = time.monotonic()

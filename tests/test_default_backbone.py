@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import adapt.default_backbone as default_backbone
-import adapt.pretrain as pretrain
-from adapt.backbone import create_backbone
+import adapt.pipelines.default_backbone as default_backbone
+import adapt.pipelines.pretrain as pretrain
+from adapt.core.backbone import create_backbone
+from adapt.pipelines.default_backbone import load_backbone
 
 
 @pytest.mark.integration
@@ -24,10 +25,10 @@ def test_vit_default_backbone_is_built_once_then_reused(tmp_path, monkeypatch, c
     monkeypatch.setattr(pretrain, "run_pretrain", lambda cfg, *a, **k: calls.append(cfg) or real(cfg, *a, **k))
 
     with caplog.at_level(logging.WARNING):
-        first = create_backbone("adapt-tiny", "default")
+        first = load_backbone("adapt-tiny", "default")
     assert "building it now" in caplog.text and len(calls) == 1
     assert (tmp_path / "default" / "open_clip_pytorch_model.bin").is_file()
-    second = create_backbone("adapt-tiny", "default")
+    second = load_backbone("adapt-tiny", "default")
     assert len(calls) == 1  # reused, not rebuilt
     assert first.weights_id == second.weights_id and first.weights_id != "random-init"
 
@@ -51,12 +52,12 @@ def test_lit_default_locks_the_imagenet_tower_trains_the_text_tower_and_loads_in
     import open_clip
     import torch
 
-    from adapt import imagenet
+    from adapt.core import imagenet
 
     recipe = default_backbone.LitRecipe(tiny_cnn_arch, synthetic_samples=48, elpv_samples=16, epochs=3, batch_size=16)
     monkeypatch.setattr(default_backbone, "recipe_for", lambda arch: recipe)
     monkeypatch.setenv("ADAPT_DEFAULT_BACKBONE_DIR", str(tmp_path / "lit"))
-    built = create_backbone(tiny_cnn_arch, "default")
+    built = load_backbone(tiny_cnn_arch, "default")
     assert Path(built.pretrained) == tmp_path / "lit" / "open_clip_pytorch_model.bin"
 
     reference = imagenet.load_imagenet_trunk("lite0", check_parity=False).state_dict()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from adapt.imageio import ImageDecodeError, bytes_to_model_pixels, decode_image, read_image, resize_image, to_model_pixels
+from adapt.contract.imageio import ImageDecodeError, bytes_to_model_pixels, decode_image, read_image, resize_image, to_model_pixels
 
 pytestmark = pytest.mark.unit
 
@@ -102,7 +102,7 @@ def test_feature_cache_rereads_an_image_edited_in_place(tmp_path, tiny_backbone)
     import torch
 
     from adapt.data import load_dataset
-    from adapt.features import cached_features
+    from adapt.core.features import cached_features
     from conftest import write_brightness_folder
 
     data = load_dataset(write_brightness_folder(tmp_path / "parts", per_class=4))

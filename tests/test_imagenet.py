@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapt import imagenet
+from adapt.core import imagenet
 from adapt.errors import BackboneError
 
 
@@ -28,7 +28,7 @@ def test_mapping_by_position_checks_every_shape():
 
 @pytest.mark.unit
 def test_imagenet_backbone_carries_the_networks_normalisation(tiny_cnn_backbone, tiny_cnn_arch):
-    from adapt.backbone import create_backbone
+    from adapt.core.backbone import create_backbone
 
     b = tiny_cnn_backbone
     assert b.mean == pytest.approx((127 / 255,) * 3) and b.std == pytest.approx((128 / 255,) * 3)

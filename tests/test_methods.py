@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.classifier import load_classifier, save_classifier
+from adapt.core.classifier import load_classifier, save_classifier
 from adapt.data import few_shot_split, load_dataset
-from adapt.export import check_parity, export_onnx, read_metadata
+from adapt.contract.modelmeta import read_file as read_metadata
+from adapt.core.export import check_parity, export_onnx
 from adapt.methods import AdaptContext, Method, fit, make_config
-from adapt.modelmeta import INPUT_NAME, OUTPUT_NAME
+from adapt.pipelines.retrain import RetrainConfig, RunHooks, retrain_context
+from adapt.training.supervised import loop
+from adapt.contract.modelmeta import INPUT_NAME, OUTPUT_NAME
 
 QUICK = {
     Method.ZEROSHOT: {},
@@ -30,12 +33,14 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def context(data, tiny_backbone):
-    return data, AdaptContext(backbone=tiny_backbone, split=few_shot_split(data.train, 4, seed=1), progress=False, seed=1)
+    return data, AdaptContext(backbone=tiny_backbone, split=few_shot_split(data.train, 4, seed=1), progress=False, seed=1,
+                              train=loop(progress=False, seed=1))
 
 
 @pytest.fixture(scope="module")
 def cnn_context(data, tiny_cnn_backbone):
-    return data, AdaptContext(backbone=tiny_cnn_backbone, split=few_shot_split(data.train, 4, seed=1), progress=False, seed=1)
+    return data, AdaptContext(backbone=tiny_cnn_backbone, split=few_shot_split(data.train, 4, seed=1), progress=False, seed=1,
+                              train=loop(progress=False, seed=1))
 
 
 # every method on the ViT; on the CNN the methods whose encoders differ (probe: stages; cache: both;
@@ -78,7 +83,7 @@ def test_method_ends_in_the_classifier_contract(method, tower, request, tmp_path
 def test_trained_methods_separate_an_easy_task(method, context):
     data, ctx = context
     clf = fit(method, ctx, make_config(method, {})).classifier.eval()
-    from adapt.features import load_pixels
+    from adapt.core.features import load_pixels
 
     pixels = load_pixels(data.test, 32, progress=False)
     with torch.no_grad():
@@ -100,7 +105,7 @@ def test_hyper_parameters_are_parsed_and_validated():
 @pytest.mark.integration
 @pytest.mark.parametrize("head", ["linear-probe", "text"])
 def test_lora_merges_its_adapters_without_changing_the_function(head, context):
-    from adapt.features import load_pixels
+    from adapt.core.features import load_pixels
 
     data, ctx = context
     before = {k: v.clone() for k, v in ctx.backbone.model.visual.state_dict().items()}
@@ -122,7 +127,7 @@ def test_lora_merges_its_adapters_without_changing_the_function(head, context):
 
 @pytest.mark.integration
 def test_lora_on_a_cnn_tower_adapts_its_pointwise_convs_and_keeps_batch_norm_statistics(cnn_context):
-    from adapt.features import load_pixels
+    from adapt.core.features import load_pixels
 
     data, ctx = cnn_context
     before = {k: v.clone() for k, v in ctx.backbone.model.visual.state_dict().items()}
@@ -141,7 +146,7 @@ def test_lora_on_a_cnn_tower_adapts_its_pointwise_convs_and_keeps_batch_norm_sta
 
 @pytest.mark.unit
 def test_cnn_features_are_pooled_mid_level_stages_for_probes_and_both_for_the_cache(tiny_cnn_backbone, tiny_backbone):
-    from adapt.encoders import EMBEDDING, STAGES, ImageEncoder
+    from adapt.core.encoders import EMBEDDING, STAGES, ImageEncoder
 
     b = tiny_cnn_backbone
     assert b.encoder_spec("probe").parts == (STAGES,) and b.encoder_spec("cache").parts == (EMBEDDING, STAGES)
@@ -176,7 +181,7 @@ def test_training_keeps_the_start_when_no_epoch_beats_it_on_validation():
 
 @pytest.mark.unit
 def test_device_strings_become_lightning_trainer_arguments():
-    from adapt.training.supervised import lightning_device
+    from adapt.training.devices import lightning_device
 
     assert lightning_device("cpu") == {"accelerator": "cpu", "devices": 1}
     assert lightning_device("cuda") == {"accelerator": "gpu", "devices": 1}
@@ -212,9 +217,21 @@ def test_the_device_reaches_the_trainer(method, context, monkeypatch):
 
     monkeypatch.setattr(supervised, "train_classifier", recorder)
     cfg = make_config(method, {"finetune": "true"} if method is Method.TIP_ADAPTER else {})
+    retrain_cfg = RetrainConfig(data="unused", method=method, device="cuda:1", output_dir="unused")
+    wired = retrain_context(retrain_cfg, ctx.backbone, ctx.split, {}, RunHooks())  # what `adapt retrain --device cuda:1` builds
+    assert wired.device == "cuda:1"
     with pytest.raises(Reached):
-        fit(method, dataclasses.replace(ctx, device="cuda:1"), cfg)
+        fit(method, dataclasses.replace(ctx, train=wired.train), cfg)
     assert seen == ["cuda:1"]
+
+
+@pytest.mark.unit
+def test_a_method_that_trains_needs_a_loop(context):
+    import dataclasses
+
+    data, ctx = context
+    with pytest.raises(ValueError, match="give the AdaptContext a loop"):
+        fit(Method.COOP, dataclasses.replace(ctx, train=None), make_config(Method.COOP, {"epochs": "1"}))
 
 
 @pytest.mark.unit

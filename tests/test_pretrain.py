@@ -12,10 +12,10 @@ import open_clip
 import pytest
 import torch
 
-import adapt.backbone  # noqa: F401  (registers adapt-tiny with open_clip)
+import adapt.core.backbone  # noqa: F401  (registers adapt-tiny with open_clip)
 from adapt.data.captions import CaptionDataset, manifest_source, resolve_sources
 from adapt.errors import AdaptError, DataError
-from adapt.pretrain import PretrainConfig, run_pretrain
+from adapt.pipelines.pretrain import PretrainConfig, run_pretrain
 
 
 def _cfg(tmp_path, **kw) -> PretrainConfig:

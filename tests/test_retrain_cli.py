@@ -59,7 +59,7 @@ def test_export_rewrites_onnx_with_parity(parts, tmp_path, capsys):
     capsys.readouterr()
     assert main(["-q", "export", "--model", str(out), "--out", str(tmp_path / "x.onnx"), "--reject-threshold", "0.9"]) == 0
     assert "max |dp|" in capsys.readouterr().out
-    from adapt.export import read_metadata
+    from adapt.contract.modelmeta import read_file as read_metadata
 
     assert read_metadata(tmp_path / "x.onnx").reject_threshold == 0.9
 

@@ -9,7 +9,7 @@ import pytest
 from serving_fixtures import image_bytes, make_tiny_onnx, start_server
 
 from services.client import InspectionClient
-from services.registry import RegistrySource, SourceError
+from services.sources import RegistrySource, SourceError
 
 pytestmark = pytest.mark.integration
 

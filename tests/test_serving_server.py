@@ -25,11 +25,11 @@ from serving_fixtures import (
     stub_for,
 )
 
-from adapt.imageio import decode_image, to_model_pixels
+from adapt.contract.imageio import decode_image, to_model_pixels
 from services import healthcheck
 from services.client import InspectionClient
 from services.proto import inspection_pb2 as pb
-from services.registry import Artifact
+from services.sources import Artifact
 
 pytestmark = pytest.mark.integration
 

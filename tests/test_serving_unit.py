@@ -12,14 +12,15 @@ import onnx
 import pytest
 from serving_fixtures import expected_label, image_bytes, make_tiny_onnx
 
-from adapt.imageio import ImageDecodeError, bytes_to_model_pixels
-from adapt.modelmeta import METADATA_KEY
+from adapt.contract.imageio import ImageDecodeError, bytes_to_model_pixels
+from adapt.contract.modelmeta import METADATA_KEY
 from services import generate_protos
 from services.auth import TokenAuthInterceptor, read_tokens
 from services.batching import DeadlineExpiredError, DynamicBatcher, QueueFullError
 from services.feedback import FeedbackStore, RecentRequests, check_label, check_request_id
 from services.model import ModelLoadError, OnnxClassifier, RuntimeConfig
-from services.registry import FileSource, RegistryRef, SourceError, parse_model_uri
+from adapt.contract.model_uri import RegistryRef, parse_model_uri
+from services.sources import FileSource, SourceError
 
 pytestmark = pytest.mark.unit
 

@@ -18,7 +18,7 @@ from serving_fixtures import free_port, image_bytes
 
 from adapt import __version__
 from adapt.cli import main
-from adapt.registry import CHALLENGER, CHAMPION
+from adapt.tracking.registry import CHALLENGER, CHAMPION
 
 pytestmark = pytest.mark.integration
 TINY = ["--backbone", "adapt-tiny", "--pretrained", "none"]
@@ -121,10 +121,10 @@ def test_champion_serves_as_pyfunc_and_exports_from_the_registry(store, tmp_path
     import mlflow.pyfunc
     import pandas as pd
 
-    from adapt.export import read_metadata
-    from adapt.tracking import download_registered_model
+    from adapt.contract.modelmeta import read_file as read_metadata
+    from adapt.tracking.registry import download_version
 
-    local = download_registered_model("models:/parts@champion", store.uri)
+    local = download_version("models:/parts@champion", store.uri)
     assert local.onnx_path.name == "model.onnx" and local.torch_path.name == "classifier.pt" and local.name == "parts"
     assert read_metadata(local.onnx_path).model_name == "parts"
     model_dir = next(p for p in local.onnx_path.parents if (p / "MLmodel").is_file())
@@ -201,9 +201,9 @@ def test_models_list_and_deliberate_promotion(store):
 
 
 def test_unreachable_tracking_server_fails_before_any_work(parts, tmp_path, monkeypatch):
-    import adapt.retrain
+    import adapt.pipelines.retrain
 
-    monkeypatch.setattr(adapt.retrain, "run_retrain", lambda *a, **k: pytest.fail("trained despite an unreachable server"))
+    monkeypatch.setattr(adapt.pipelines.retrain, "run_retrain", lambda *a, **k: pytest.fail("trained despite an unreachable server"))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     start = time.monotonic()
     rc, _, stderr = cli("retrain", "--data", parts, "--shots", 4, "--output-dir", tmp_path / "out",
@@ -216,8 +216,8 @@ def test_unreachable_tracking_server_fails_before_any_work(parts, tmp_path, monk
 
 
 def test_tracking_failure_after_training_keeps_results_and_names_the_command_to_log_them(parts, tmp_path, monkeypatch):
-    import adapt.tracking
-    from adapt.tracking import TrackingError
+    import adapt.tracking.runs
+    from adapt.tracking.store import TrackingError
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -226,7 +226,7 @@ def test_tracking_failure_after_training_keeps_results_and_names_the_command_to_
         raise TrackingError("MLflow artifact upload failed at sqlite:///mlflow.db: connection failed ([Errno 111] Connection refused)")
 
     with monkeypatch.context() as m:
-        m.setattr(adapt.tracking, "log_classifier_model", upload_fails)
+        m.setattr(adapt.tracking.runs, "log_classifier_model", upload_fails)
         rc, stdout, stderr = cli("retrain", "--data", parts, "--method", "linear", "--shots", 4, "--output-dir", "out", "--register", "later", *TINY)
     assert rc == 1
     assert "balanced accuracy" in stdout  # the summary is still printed
@@ -257,7 +257,7 @@ def test_models_list_without_a_store_says_where_it_looked_and_creates_nothing(tm
 
 
 def test_retrain_runs_show_their_dataset_in_an_experiment_that_opens_on_runs(store):
-    from adapt.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+    from adapt.tracking.runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
     c = client(store.uri)
     exp = c.get_experiment_by_name("retrain-parts")
@@ -273,7 +273,7 @@ def test_retrain_runs_show_their_dataset_in_an_experiment_that_opens_on_runs(sto
 
 
 def test_existing_experiments_get_the_classic_ml_kind(tmp_path):
-    from adapt.tracking import EXPERIMENT_KIND_TAG, start_run
+    from adapt.tracking.runs import EXPERIMENT_KIND_TAG, start_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = client(uri)
@@ -288,10 +288,11 @@ def test_runs_whose_process_died_are_marked_killed_by_the_next_command(tmp_path,
     import subprocess
     import sys
 
-    from adapt.tracking import PID_START_TAG, start_run
+    from adapt.tracking.runs import start_run
+    from adapt.tracking.store import PID_START_TAG
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sleeper = ("import sys, time; from adapt.tracking import start_run; "
+    sleeper = ("import sys, time; from adapt.tracking.runs import start_run; "
                "print(start_run(sys.argv[1], 'victims', 'sleeper').run_id, flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", sleeper, uri], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     try:

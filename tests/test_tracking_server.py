@@ -21,7 +21,7 @@ from serving_fixtures import free_port, image_bytes
 from test_registry import race_for_champion
 
 from adapt.cli import main
-from adapt.registry import CHAMPION
+from adapt.tracking.registry import CHAMPION
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TINY = ["--backbone", "adapt-tiny", "--pretrained", "none"]
@@ -133,9 +133,9 @@ def test_retrain_logs_and_registers_on_a_tracking_server(server, trained):
     assert str(c.get_registered_model("parts").aliases[CHAMPION]) == "1"
     assert c.get_model_version("parts", "1").tags["dataset_fingerprint"] == metrics["dataset_fingerprint"]
 
-    from adapt.tracking import download_registered_model
+    from adapt.tracking.registry import download_version
 
-    local = download_registered_model("models:/parts@champion", server.uri)
+    local = download_version("models:/parts@champion", server.uri)
     assert local.onnx_path.name == "model.onnx" and local.torch_path.is_file() and local.version == "1"
 
 
@@ -144,7 +144,7 @@ def test_racing_registrations_on_a_tracking_server_leave_the_better_champion(ser
 
 
 def test_server_dropping_mid_run_keeps_results_and_they_can_be_logged_later(parts, tmp_path, monkeypatch):
-    from adapt.tracking import RetrainTracker
+    from adapt.pipelines.retrain_tracking import RetrainTracker
 
     root = tmp_path / "flaky"
     srv = start_mlflow_server(root)
@@ -188,7 +188,7 @@ def test_mlflow_models_serve_answers_for_the_champion(server, trained, tmp_path)
     import mlflow.pyfunc
     import pandas as pd
 
-    from adapt.tracking import download_registered_model
+    from adapt.tracking.registry import download_version
 
     port = free_port()
     cmd = [str(Path(BIN) / "mlflow"), "models", "serve", "-m", "models:/parts@champion", "--env-manager", "local",
@@ -203,7 +203,7 @@ def test_mlflow_models_serve_answers_for_the_champion(server, trained, tmp_path)
     finally:
         serving.stop()
     assert [set(p) for p in predictions] == [{"label", "probability", "needs_review", "prob_dark", "prob_bright"}] * 2
-    local = download_registered_model("models:/parts@champion", server.uri)
+    local = download_version("models:/parts@champion", server.uri)
     model_dir = next(p for p in local.onnx_path.parents if (p / "MLmodel").is_file())
     expected = mlflow.pyfunc.load_model(str(model_dir)).predict(pd.DataFrame({"image": images}))
     assert [p["label"] for p in predictions] == list(expected["label"])

@@ -10,7 +10,7 @@ import contextlib
 from pathlib import Path
 
 from adapt.errors import AdaptError, DataError
-from adapt.imageio import IMAGE_EXTENSIONS
+from adapt.contract.imageio import IMAGE_EXTENSIONS
 
 DATA_KEYWORDS = ("elpv", "synthetic")  # --data elpv[:4class][:mono|:poly], synthetic[:a,b,c]
 WEIGHT_KEYWORDS = ("default", "imagenet", "none")
@@ -64,10 +64,12 @@ def check_model(uri: str, tracking_uri: str | None, option: str = "--model", reg
     """A model URI: ``models:/...`` well-formed with a store that exists (and, for an embedded
     store with ``registered``, naming a model, version or alias that is there), or an existing path."""
     if uri.startswith("models:/"):
-        from adapt.registry import parse_models_uri
-        from adapt.tracking import resolve_tracking_uri, sqlite_path
+        from dataclasses import astuple
 
-        name, alias, version = parse_models_uri(uri)
+        from adapt.contract.model_uri import parse_model_uri
+        from adapt.tracking.store import resolve_tracking_uri, sqlite_path
+
+        name, alias, version = astuple(parse_model_uri(uri))
         store = resolve_tracking_uri(tracking_uri)
         db = sqlite_path(store)
         if db is not None and not db.expanduser().is_file():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapt.errors import AdaptError
-from adapt.imageio import IMAGE_EXTENSIONS
+from adapt.contract.imageio import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 

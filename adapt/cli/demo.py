@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from adapt.demo import DemoConfig, run_demo
+    from adapt.pipelines.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(
         data=args.data, method=args.method, shots=args.shots, seed=args.seed, backbone=args.backbone,

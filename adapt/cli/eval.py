@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     from adapt.cli import checks
     from adapt.errors import AdaptError
-    from adapt.model_uri import resolve_model
+    from adapt.tracking.model_uri import resolve_model
 
     checks.check_model(args.model, args.tracking_uri)  # user errors first, in milliseconds
     checks.check_data(args.data)
@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if model.onnx_path is None:
         raise AdaptError(f"{args.model} has no exported model.onnx; run `adapt export` first")
     from adapt.data import load_dataset
-    from adapt.evaluation import compute_metrics, save_confusion_matrix, save_metrics
-    from adapt.export import read_metadata
-    from adapt.predict import align_labels, predict_onnx
+    from adapt.core.evaluation import compute_metrics, save_confusion_matrix, save_metrics
+    from adapt.contract.modelmeta import read_file as read_metadata
+    from adapt.core.predict import align_labels, predict_onnx
 
     meta = read_metadata(model.onnx_path)
     data = load_dataset(args.data)

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from adapt.cli import checks
     from adapt.errors import AdaptError
-    from adapt.model_uri import resolve_model
+    from adapt.tracking.model_uri import resolve_model
 
     checks.check_model(args.model, args.tracking_uri)  # user errors first, in milliseconds
     checks.check_output_folder(args.out, "--out")
@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_model(args.model, args.tracking_uri)  # registry lookups before the heavy imports
     if model.torch_path is None:
         raise AdaptError(f"{args.model} has no classifier.pt to export from")
-    from adapt.classifier import load_classifier
-    from adapt.export import check_parity, export_onnx
+    from adapt.core.classifier import load_classifier
+    from adapt.core.export import check_parity, export_onnx
 
     classifier = load_classifier(model.torch_path)
     if args.reject_threshold is not None:

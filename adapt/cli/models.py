@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _client(args: argparse.Namespace, create: bool = False):
     from adapt.cli.tracking_options import quiet_http_retries
     from adapt.errors import AdaptError
-    from adapt.tracking import mlflow_client, preflight, resolve_tracking_uri, sqlite_path
+    from adapt.tracking.store import mlflow_client, preflight, resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(args.tracking_uri)
     db = sqlite_path(uri)
@@ -72,7 +72,7 @@ def _client(args: argparse.Namespace, create: bool = False):
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from adapt.registry import list_versions
+    from adapt.tracking.registry import list_versions
 
     client, uri = _client(args)
     rows = list_versions(client, args.name)
@@ -103,7 +103,7 @@ def format_table(rows) -> str:
 
 def run_promote(args: argparse.Namespace) -> int:
     from adapt.errors import AdaptError
-    from adapt.registry import CHAMPION, promote
+    from adapt.tracking.registry import CHAMPION, promote
 
     if not args.version.isdigit():
         raise AdaptError(f"VERSION must be a version number, got '{args.version}'")
@@ -118,10 +118,12 @@ def run_promote(args: argparse.Namespace) -> int:
 
 def run_log(args: argparse.Namespace) -> int:
     from adapt.errors import AdaptError
-    from adapt.registry import validate_model_name
-    from adapt.tracking import TrackingError, default_experiment, load_retrain_result, log_retrain_result, run_name_for, start_run
+    from adapt.tracking.registry import validate_model_name
+    from adapt.pipelines.retrain_tracking import load_retrain_result, log_retrain_result, run_name_for
+    from adapt.tracking.runs import start_run
+    from adapt.tracking.store import TrackingError, default_experiment
 
-    from adapt.model_uri import ONNX_FILE
+    from adapt.tracking.model_uri import ONNX_FILE
 
     if not (Path(args.run_dir) / ONNX_FILE).is_file():  # before load_retrain_result imports torch
         raise AdaptError(f"{args.run_dir} is not an adapt retrain output folder (no {ONNX_FILE})")
@@ -147,7 +149,7 @@ def run_log(args: argparse.Namespace) -> int:
 def _history(folder) -> list[dict]:
     import json
 
-    from adapt.retrain import RUN_FILE
+    from adapt.pipelines.retrain import RUN_FILE
 
     try:
         return list(json.loads((folder / RUN_FILE).read_text()).get("history") or [])

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     checks.check_manifests(data or [])  # user errors first, in milliseconds
     if args.init:
         checks.check_weights(args.init, "--init")
-    from adapt.pretrain import PretrainConfig, preset, run_pretrain
+    from adapt.pipelines.pretrain import PretrainConfig, preset, run_pretrain
 
     overrides = {
         "data": data,
@@ -113,9 +113,15 @@ def run(args: argparse.Namespace) -> int:
         raise AdaptError(str(exc)) from exc
     if cfg.resume and args.output_dir is None:
         raise AdaptError("--resume needs the --output-dir of the run to continue")
+    if cfg.init.strip().lower() == "default":  # continue from the product's backbone (built on first use)
+        from adapt.pipelines.default_backbone import default_checkpoint
+
+        cfg.init = str(default_checkpoint(cfg.model))
     run = _start_tracking(args, cfg)
     try:
-        result = run_pretrain(cfg, loggers=[run.lightning_logger()] if run else None)
+        from adapt.training.mlflow_logger import run_logger
+
+        result = run_pretrain(cfg, loggers=[run_logger(run)] if run else None)
     except BaseException as exc:
         if run is not None:
             run.end_quietly("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -140,7 +146,8 @@ def _start_tracking(args, cfg):
         return None
     from dataclasses import asdict
 
-    from adapt.tracking import default_experiment, preflight, resolve_tracking_uri, start_run
+    from adapt.tracking.runs import start_run
+    from adapt.tracking.store import default_experiment, preflight, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     preflight(uri)
@@ -150,7 +157,7 @@ def _start_tracking(args, cfg):
 
 
 def _finish_tracking(run, result) -> None:
-    from adapt.tracking import TrackingError
+    from adapt.tracking.store import TrackingError
 
     try:
         zs = result.zero_shot

@@ -10,8 +10,8 @@ from adapt.cli import checks
 from adapt.cli.common import add_backbone_options, parse_key_values
 from adapt.cli.tracking_options import add_tracking_options, make_hooks
 from adapt.errors import AdaptError
-from adapt.method_configs import help_text, make_config
-from adapt.method_names import Method
+from adapt.methods.configs import help_text, make_config
+from adapt.methods.names import Method
 
 METHODS = tuple(m.value for m in Method)
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.shots < 1:
         raise AdaptError("--shots must be >= 1")
     hooks = make_hooks(args)  # checks the tracking store in seconds, before heavy imports and any work
-    from adapt.retrain import RetrainConfig, run_retrain
+    from adapt.pipelines.retrain import RetrainConfig, run_retrain
 
     try:
         cfg = RetrainConfig(

@@ -16,7 +16,7 @@ def add_tracking_options(parser: argparse.ArgumentParser, *, registry: bool = Tr
         g.add_argument("--register", default=None, metavar="NAME",
                        help="register the exported model as a new version of NAME; alias 'champion' moves to it only if it "
                             "beats the current champion on the same held-out data, else it becomes 'challenger'")
-        from adapt.registry import DEFAULT_PROMOTE_METRIC, GATE_METRICS
+        from adapt.tracking.registry import DEFAULT_PROMOTE_METRIC, GATE_METRICS
 
         g.add_argument("--promote-metric", default=DEFAULT_PROMOTE_METRIC, choices=GATE_METRICS, metavar="METRIC",
                        help=f"held-out metric the promotion gate compares: {', '.join(GATE_METRICS)} (default: %(default)s)")
@@ -25,14 +25,15 @@ def add_tracking_options(parser: argparse.ArgumentParser, *, registry: bool = Tr
 
 
 def make_hooks(args: argparse.Namespace):
-    """The ``adapt.retrain.RunHooks`` for these options, after checking the tracking store answers.
+    """The ``adapt.pipelines.retrain.RunHooks`` for these options, after checking the tracking store answers.
 
     Runs before any data loading or training, so an unreachable server fails in seconds.
     Returns ``None`` with ``--no-tracking``.
     """
     from adapt.errors import AdaptError
-    from adapt.registry import validate_model_name
-    from adapt.tracking import RetrainTracker, preflight, resolve_tracking_uri
+    from adapt.tracking.registry import validate_model_name
+    from adapt.pipelines.retrain_tracking import RetrainTracker
+    from adapt.tracking.store import preflight, resolve_tracking_uri
 
     if getattr(args, "no_tracking", False):
         if getattr(args, "register", None):

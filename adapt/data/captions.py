@@ -26,8 +26,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from adapt.contract.imageio import (
+    IMAGE_EXTENSIONS,
+    ImageDecodeError,
+    read_image,
+    to_model_pixels,
+)
 from adapt.errors import DataError
-from adapt.imageio import IMAGE_EXTENSIONS, ImageDecodeError, read_image, to_model_pixels
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adapt.data.images import DatasetSplits, ImageSet
-from adapt.data.sources import stratified_split
+from adapt.data.images import DatasetSplits, ImageSet, stratified_split
 from adapt.errors import DataError
 
 BINARY_CLASSES = ("functional", "defective")

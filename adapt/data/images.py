@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from adapt.imageio import read_image
+from adapt.contract.imageio import read_image
 
 
 def _read_file(root: str, key: str) -> Image.Image:
@@ -96,3 +96,15 @@ class DatasetSplits:
     def fingerprint(self) -> str:
         """Identity of the held-out test data: metrics are comparable iff this matches."""
         return self.test.fingerprint()
+
+
+SPLIT_SEED = 0  # the held-out split never depends on the run's seed
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of (train, test): stratified by ``labels``, deterministic in ``seed``."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
+    return np.sort(train), np.sort(test)

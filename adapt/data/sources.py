@@ -17,16 +17,14 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
-from adapt.data.images import DatasetSplits, ImageSet
+from adapt.contract.imageio import IMAGE_EXTENSIONS, ImageDecodeError, read_image
+from adapt.data.images import DatasetSplits, ImageSet, stratified_split
 from adapt.errors import DataError
-from adapt.imageio import IMAGE_EXTENSIONS, ImageDecodeError, read_image
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEST_FRACTION = 0.25
-SPLIT_SEED = 0  # the held-out split never depends on the run's seed
 
 
 def load_dataset(
@@ -163,13 +161,6 @@ def _load_csv(manifest: Path, test_fraction: float) -> DatasetSplits:
         test_mask = splits == "test"
         return DatasetSplits(manifest.stem, everything.subset(np.flatnonzero(~test_mask)), everything.subset(np.flatnonzero(test_mask)))
     return _stratified(manifest.stem, everything, test_fraction)
-
-
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of (train, test): stratified by ``labels``, deterministic in ``seed``."""
-    idx = np.arange(len(labels))
-    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
-    return np.sort(train), np.sort(test)
 
 
 def _stratified(name: str, everything: ImageSet, test_fraction: float) -> DatasetSplits:

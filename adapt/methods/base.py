@@ -1,8 +1,9 @@
 """What every adaptation method receives and returns.
 
 A method takes an ``AdaptContext`` (backbone, few-shot train/val split, class descriptions,
-device, seed, reporting hooks) and a typed config, and returns a ``FitResult`` whose
-``classifier`` follows the one contract in ``adapt.classifier``. Hyper-parameters and early
+device, seed, the training loop and a metrics callback, both handed in by the pipeline) and a
+typed config, and returns a ``FitResult`` whose
+``classifier`` follows the one contract in ``adapt.core.classifier``. Hyper-parameters and early
 stopping may only look at ``split.val``.
 """
 
@@ -14,11 +15,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from adapt.backbone import Backbone
-from adapt.classifier import ClassifierInfo
+from adapt.core.backbone import Backbone
+from adapt.core.classifier import ClassifierInfo
 from adapt.data.fewshot import FewShotSplit
-from adapt.encoders import ImageEncoder
-from adapt.method_names import Method
+from adapt.core.encoders import ImageEncoder
+from adapt.methods.names import Method
 
 
 @dataclass
@@ -42,6 +43,21 @@ class TrainConfig:
 
 
 @dataclass
+class TrainResult:
+    """What a training loop reports back (the trained net itself is updated in place)."""
+
+    best_epoch: int
+    best_val_balanced_accuracy: float
+    epochs_run: int
+    history: list[dict[str, float]]
+
+
+# (net, train_data, (val_x, val_y), TrainConfig) -> TrainResult; trains net in place and leaves it
+# holding its best-validation weights. The Lightning implementation is adapt.training.supervised.loop().
+TrainLoop = Callable[..., TrainResult]
+
+
+@dataclass
 class AdaptContext:
     backbone: Backbone
     split: FewShotSplit
@@ -50,8 +66,8 @@ class AdaptContext:
     seed: int = 0
     progress: bool = True
     use_feature_cache: bool = True
-    lightning_loggers: list = field(default_factory=list)  # extra Lightning loggers (tracking seam)
-    on_metrics: Callable[[dict[str, float], int], None] | None = None  # curves from non-Lightning loops
+    train: TrainLoop | None = None  # the loop for methods that train (CoOp, LoRA, Tip-Adapter-F)
+    on_metrics: Callable[[dict[str, float], int], None] | None = None  # curves from loops that are not ``train``
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -64,6 +80,11 @@ class AdaptContext:
 
         b = self.backbone
         return ImageEncoder(copy.deepcopy(b.model.visual), b.encoder_spec(use))
+
+    def train_net(self, net: torch.nn.Module, train_data, val_data, cfg: TrainConfig) -> TrainResult:
+        if self.train is None:
+            raise ValueError("this method trains: give the AdaptContext a loop, e.g. train=adapt.training.supervised.loop()")
+        return self.train(net, train_data, val_data, cfg)
 
     def report(self, metrics: dict[str, float], step: int) -> None:
         if self.on_metrics is not None:
@@ -87,7 +108,7 @@ class AdaptContext:
 
 @dataclass
 class FitResult:
-    classifier: torch.nn.Module  # adapt.classifier.ImageClassifier
+    classifier: torch.nn.Module  # adapt.core.classifier.ImageClassifier
     params: dict  # the hyper-parameters used (chosen ones included)
     val_probabilities: np.ndarray | None = None  # on split.val, for the reject threshold
     history: list[dict] = field(default_factory=list)  # per-epoch curves, if any

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from open_clip.transformer import TextTransformer, text_global_pool
 from torch import nn
 
-from adapt.classifier import CosineHead, ImageClassifier
+from adapt.core.classifier import CosineHead, ImageClassifier
 from adapt.errors import AdaptError
 from adapt.methods.base import AdaptContext, FitResult, Method, TrainConfig
 from adapt.methods.frozen import frozen_features, logit_scale
 from adapt.methods.prompts import class_text
-from adapt.method_configs import CoOpConfig
+from adapt.methods.configs import CoOpConfig
 
 
 class TextTower(nn.Module):
@@ -87,17 +87,11 @@ class PromptLearner(nn.Module):
 
 
 def _train(learner, train, y_train, val, y_val, cfg: CoOpConfig, ctx: AdaptContext):
-    from adapt.training.supervised import train_classifier
-
-    return train_classifier(
+    return ctx.train_net(
         learner,
         (train, y_train),
         (val, y_val),
         TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience),
-        loggers=ctx.lightning_loggers,
-        progress=ctx.progress,
-        device=ctx.device,
-        seed=ctx.seed,
     )
 
 

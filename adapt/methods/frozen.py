@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from adapt.features import cached_features, labels_tensor
+from adapt.core.features import cached_features, labels_tensor
 from adapt.methods.base import AdaptContext
 from adapt.methods.prompts import text_class_embeddings
 

@@ -14,10 +14,10 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from adapt.classifier import ImageClassifier, LinearHead
+from adapt.core.classifier import ImageClassifier, LinearHead
 from adapt.methods.base import AdaptContext, FitResult, Method
 from adapt.methods.frozen import frozen_features, selection_score
-from adapt.method_configs import LinearConfig
+from adapt.methods.configs import LinearConfig
 
 logger = logging.getLogger(__name__)
 

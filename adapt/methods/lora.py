@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from adapt.classifier import CosineHead, ImageClassifier, PixelNormalizer
-from adapt.encoders import ImageEncoder, freeze_norm_stats
+from adapt.core.classifier import CosineHead, ImageClassifier, PixelNormalizer
+from adapt.core.encoders import ImageEncoder, freeze_norm_stats
 from adapt.errors import AdaptError
-from adapt.features import labels_tensor, load_pixels
+from adapt.core.features import labels_tensor, load_pixels
 from adapt.methods.base import AdaptContext, FitResult, Method, TrainConfig
 from adapt.methods.frozen import logit_scale
 from adapt.methods.prompts import DEFAULT_TEMPLATES, class_text
-from adapt.method_configs import LoraConfig
+from adapt.methods.configs import LoraConfig
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +115,6 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    from adapt.training.supervised import train_classifier
-
     cfg = cfg or LoraConfig()
     if not cfg.adapted_towers():
         raise AdaptError("LoRA with head=linear-probe adapts the vision tower: include 'vision' in towers")
@@ -150,15 +148,11 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
     train_px = load_pixels(ctx.split.train, b.image_size, b.resize_mode, ctx.progress)
     val_px = load_pixels(ctx.split.val, b.image_size, b.resize_mode, ctx.progress)
     y_train, y_val = labels_tensor(ctx.split.train), labels_tensor(ctx.split.val)
-    result = train_classifier(
+    result = ctx.train_net(
         net,
         AugmentedPixels(train_px, y_train, cfg.augment),
         (val_px, y_val),
         TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience),
-        loggers=ctx.lightning_loggers,
-        progress=ctx.progress,
-        device=ctx.device,
-        seed=ctx.seed,
     )
     net.eval()
     with torch.no_grad():

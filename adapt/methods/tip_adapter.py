@@ -3,7 +3,7 @@
 ``logits = gamma * s * f @ W_text.T + alpha * exp(-beta * (1 - f @ keys.T)) @ one_hot(labels)``.
 ``alpha``, ``beta`` and the zero-shot weight ``gamma`` (1 as in the paper, or 0: the cache alone,
 for a text tower that does not know the classes' words) are searched on the few-shot validation
-split. On CNN backbones the cache keys are the pooled mid-level features (``adapt.encoders``). With ``finetune`` (the
+split. On CNN backbones the cache keys are the pooled mid-level features (``adapt.core.encoders``). With ``finetune`` (the
 "-F" variant) the keys are then trained for a few epochs on the cached train features, the
 best epoch is chosen on validation, and alpha/beta are searched again.
 """
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adapt.classifier import ImageClassifier, TipAdapterHead
+from adapt.core.classifier import ImageClassifier, TipAdapterHead
 from adapt.methods.base import AdaptContext, FitResult, Method
 from adapt.methods.frozen import class_embeddings, frozen_features, logit_scale, selection_score
-from adapt.method_configs import TipAdapterConfig
+from adapt.methods.configs import TipAdapterConfig
 
 
 def _search(head: TipAdapterHead, cfg: TipAdapterConfig, val, y_val, ctx: AdaptContext) -> tuple[float, float, float]:
@@ -64,17 +64,11 @@ def fit_tip_adapter(ctx: AdaptContext, cfg: TipAdapterConfig | None = None) -> F
     history = []
     if cfg.finetune:
         from adapt.methods.base import TrainConfig
-        from adapt.training.supervised import train_classifier
-
-        result = train_classifier(
+        result = ctx.train_net(
             head,
             (train, y_train),
             (val, y_val),
             TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=256, patience=cfg.epochs),
-            loggers=ctx.lightning_loggers,
-            progress=ctx.progress,
-            device=ctx.device,
-            seed=ctx.seed,
         )
         with torch.no_grad():
             head.keys.copy_(F.normalize(head.keys, dim=-1))

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from adapt.classifier import CosineHead, ImageClassifier
+from adapt.core.classifier import CosineHead, ImageClassifier
 from adapt.methods.base import AdaptContext, FitResult, Method
-from adapt.features import cached_features
+from adapt.core.features import cached_features
 from adapt.methods.frozen import class_embeddings, logit_scale
-from adapt.method_configs import ZeroShotConfig
+from adapt.methods.configs import ZeroShotConfig
 
 
 def fit_zeroshot(ctx: AdaptContext, cfg: ZeroShotConfig | None = None) -> FitResult:

@@ -1,7 +1,7 @@
 """LiT (Zhai et al. 2022): train a text tower against a locked image tower, on cached image features.
 
 With the image trunk locked its output for an image never changes, so it is computed once
-(``adapt.default_backbone``) and the loop only runs the text tower, the image tower's output
+(``adapt.pipelines.default_backbone``) and the loop only runs the text tower, the image tower's output
 projection (``visual.head``) and the temperature. The loss is open_clip's ``ClipLoss`` or
 ``SigLipLoss``, as in full pretraining.
 """

@@ -14,13 +14,15 @@ head that is not part of the saved model. Batches are then ``{"clip": ..., "ssl"
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from adapt.classifier import PixelNormalizer
-from adapt.encoders import freeze_norm_stats
+from adapt.core.classifier import PixelNormalizer
+from adapt.core.encoders import freeze_norm_stats
+from adapt.training.devices import Devices
 
 # The image tower's output head (final norm + projection to the joint space): always trained at
 # the full learning rate, so even a locked trunk can meet the text tower.
@@ -145,3 +147,40 @@ class ContrastivePretraining(L.LightningModule):
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}}
+
+
+def fit_pretraining(
+    module: ContrastivePretraining,
+    train_data,
+    devices: Devices,
+    *,
+    ckpt_dir: Path,
+    resume_from: str | None = None,
+    epochs: int = 1,
+    max_steps: int = -1,
+    max_minutes: float | None = None,
+    checkpoint_every: int = 100,
+    loggers: list | None = None,
+    callbacks: list | None = None,
+    progress: bool = True,
+) -> L.Trainer:
+    """Run ``module`` on ``train_data`` with a Lightning Trainer placed by ``devices`` (DDP etc.),
+    writing a resumable ``last.ckpt`` into ``ckpt_dir`` every ``checkpoint_every`` steps; returns the trainer."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=checkpoint_every, save_last=True, save_top_k=0)
+    trainer = L.Trainer(
+        **devices.trainer_kwargs(),
+        max_epochs=epochs,
+        max_steps=max_steps,
+        max_time={"minutes": max_minutes} if max_minutes else None,
+        gradient_clip_val=1.0,
+        logger=loggers or False,
+        callbacks=[checkpoint, *(callbacks or [])],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        use_distributed_sampler=True,
+    )
+    trainer.fit(module, train_data, ckpt_path=resume_from)
+    return trainer

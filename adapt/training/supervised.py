@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from functools import partial
 
 import lightning as L
 import torch
@@ -18,7 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from adapt.methods.base import TrainConfig  # the loop's settings belong to the method contract (no Lightning there)
+from adapt.methods.base import TrainConfig, TrainResult
+from adapt.training.devices import (
+    lightning_device,  # the loop's settings belong to the method contract (no Lightning there)
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +71,6 @@ class ClassifierModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def lightning_device(device: str) -> dict:
-    """A torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``) as Lightning Trainer arguments."""
-    kind, _, index = str(device).partition(":")
-    accelerator = {"cuda": "gpu", "cpu": "cpu", "mps": "mps"}.get(kind)
-    if accelerator is None:
-        raise ValueError(f"unknown device '{device}' (use cpu, cuda, cuda:N or mps)")
-    return {"accelerator": accelerator, "devices": [int(index)] if index else 1}
-
-
 def _score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """(balanced accuracy, -cross-entropy): higher is better, compared as a tuple."""
     pred = logits.argmax(dim=1)
@@ -113,14 +107,6 @@ class BestOnValidation(L.Callback):
             self.best_state = _trainable_state(module.net)
         elif trainer.current_epoch - self.best_epoch >= self.patience:
             trainer.should_stop = True
-
-
-@dataclass
-class TrainResult:
-    best_epoch: int
-    best_val_balanced_accuracy: float
-    epochs_run: int
-    history: list[dict[str, float]]
 
 
 def train_classifier(
@@ -178,3 +164,8 @@ def train_classifier(
         history=best.history,
     )
 
+
+
+def loop(*, device: str = "cpu", loggers: list | None = None, progress: bool = True, seed: int = 0):
+    """``train_classifier`` bound to a device, loggers and seed: the ``AdaptContext.train`` a pipeline hands the methods."""
+    return partial(train_classifier, device=device, loggers=loggers, progress=progress, seed=seed)

@@ -22,14 +22,14 @@ import torch.nn.functional as F
 
 
 def trunk(net: str):
-    from adapt.imagenet import load_imagenet_trunk
+    from adapt.core.imagenet import load_imagenet_trunk
 
     return load_imagenet_trunk(net)
 
 
 @torch.no_grad()
 def extract(net: str, size: int, images, batch: int = 32) -> dict[str, np.ndarray]:
-    from adapt.imageio import to_model_pixels
+    from adapt.contract.imageio import to_model_pixels
 
     model = trunk(net).eval()
     feats: dict[str, list] = {}

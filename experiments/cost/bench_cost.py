@@ -7,7 +7,7 @@
 What is measured (issue 7, benchmark 2): ``adapt retrain`` on ELPV binary, 16 shots per class,
 seed 1, each method with the product's default hyper-parameters (``--quick`` caps the epochs):
 zeroshot, linear, coop, lora, tip-adapter and tip-adapter with ``finetune=true``
-("tip-adapter-F"). Each (method, repeat) runs ``adapt.retrain.run_retrain`` in a fresh Python
+("tip-adapter-F"). Each (method, repeat) runs ``adapt.pipelines.retrain.run_retrain`` in a fresh Python
 process with a fresh, empty feature cache (``ADAPT_CACHE_DIR``), so
 
 - peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that method alone (the baseline
@@ -111,7 +111,7 @@ class _Probe:
     def install(self) -> None:
         import adapt.methods.frozen as frozen
         import adapt.methods.lora as lora
-        import adapt.retrain as retrain
+        import adapt.pipelines.retrain as retrain
         import adapt.training.supervised as supervised
 
         frozen.cached_features = self._timed(frozen.cached_features)
@@ -156,7 +156,7 @@ class _Probe:
 
 def expected_trainable(name: str, params: dict, backbone, classes: int) -> int:
     """The trainable-parameter count each method should have, from its definition."""
-    from adapt.encoders import STAGES, ImageEncoder
+    from adapt.core.encoders import STAGES, ImageEncoder
 
     def part_dim(use: str) -> int:
         sizes = ImageEncoder(backbone.model.visual, backbone.encoder_spec(use)).layout(backbone.image_size).sizes
@@ -181,7 +181,7 @@ def measure(spec: dict) -> dict:
     t0 = time.perf_counter()
     import torch
 
-    from adapt.retrain import RetrainConfig, RunHooks, run_retrain
+    from adapt.pipelines.retrain import RetrainConfig, RunHooks, run_retrain
 
     import_s = time.perf_counter() - t0
     rss_baseline = peak_rss_mb()
@@ -248,13 +248,13 @@ def check_backbone_available(backbone: str, pretrained: str) -> dict[str, str]:
     default weights are not there yet."""
     env = {}
     if pretrained.strip().lower() == "default":
-        from adapt.backbone import CHECKPOINT_NAME
-        from adapt.default_backbone import default_dir
+        from adapt.core.backbone import CHECKPOINT_NAME
+        from adapt.pipelines.default_backbone import default_dir
 
         folder = default_dir(backbone)  # resolved before the workers get their own ADAPT_CACHE_DIR
         if not (folder / CHECKPOINT_NAME).is_file():
             raise SystemExit(
-                f"the default {backbone} backbone is not cached at {folder} (build it once: `python -c \"from adapt.default_backbone import default_checkpoint; default_checkpoint('{backbone}')\"` "
+                f"the default {backbone} backbone is not cached at {folder} (build it once: `python -c \"from adapt.pipelines.default_backbone import default_checkpoint; default_checkpoint('{backbone}')\"` "
                 f"or pass --pretrained none: a random init of the same architecture costs the same time and memory)"
             )
         env["ADAPT_DEFAULT_BACKBONE_DIR"] = str(folder)
@@ -389,7 +389,8 @@ def plot(path: Path, report: dict) -> None:
 
 
 def log_to_mlflow(report: dict, files: list[Path], tracking_uri: str | None) -> str:
-    from adapt.tracking import resolve_tracking_uri, start_run
+    from adapt.tracking.runs import start_run
+    from adapt.tracking.store import resolve_tracking_uri
 
     cfg = report["config"]
     name = f"adaptation-cost-{cfg['backbone']}-{cfg['pretrained']}{'-quick' if cfg['quick'] else ''}"

@@ -107,7 +107,7 @@ class Task:
         self._pixels: dict[int, torch.Tensor] = {}
 
     def test_pixels(self, size: int) -> torch.Tensor:
-        from adapt.features import load_pixels
+        from adapt.core.features import load_pixels
 
         if size not in self._pixels:
             self._pixels[size] = load_pixels(self.test, size, progress=False)
@@ -116,7 +116,7 @@ class Task:
 
 def evaluate(classifier, task: Task, backbone, method: str) -> np.ndarray:
     """Test probabilities: the head on cached frozen features, or the whole model on pixels."""
-    from adapt.features import cached_features
+    from adapt.core.features import cached_features
 
     with torch.no_grad():
         if method in ("lora", "cnn"):
@@ -129,8 +129,9 @@ def evaluate(classifier, task: Task, backbone, method: str) -> np.ndarray:
 
 def run_one(task: Task, bb, spec: Backbone, method: str, shots: int, seed: int) -> dict:
     from adapt.data import few_shot_split
-    from adapt.evaluation import compute_metrics
+    from adapt.core.evaluation import compute_metrics
     from adapt.methods import AdaptContext, fit, make_config
+    from adapt.training.supervised import loop
 
     split = few_shot_split(task.train_data.train, shots, seed)
     t0 = time.perf_counter()
@@ -139,7 +140,8 @@ def run_one(task: Task, bb, spec: Backbone, method: str, shots: int, seed: int) 
 
         classifier = fit_cnn(split, bb.image_size, seed)
     else:
-        ctx = AdaptContext(backbone=bb, split=split, descriptions=task.descriptions, progress=False, seed=seed)
+        ctx = AdaptContext(backbone=bb, split=split, descriptions=task.descriptions, progress=False, seed=seed,
+                           train=loop(progress=False, seed=seed))
         classifier = fit(method, ctx, make_config(method, {})).classifier
     seconds = time.perf_counter() - t0
     probs = evaluate(classifier, task, bb, method)
@@ -181,7 +183,7 @@ def main(argv=None) -> int:
     import sys
 
     sys.path.insert(0, str(HERE))
-    from adapt.backbone import create_backbone
+    from adapt.pipelines.default_backbone import load_backbone
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +201,7 @@ def main(argv=None) -> int:
         task = tasks[task_name]
         if spec not in backbones:
             torch.manual_seed(0)  # the random-init baseline is one fixed initialisation
-            backbones[spec] = create_backbone(spec.arch, spec.pretrained)
+            backbones[spec] = load_backbone(spec.arch, spec.pretrained)
         row = run_one(task, backbones[spec], spec, method, shots, seed)
         append_row(runs_csv, row)
         logger.info("[%d/%d] %s %s %s %d-shot seed %d: bal.acc %.3f acc %.3f (%.0fs)", i, len(jobs), task_name, spec.name,
@@ -215,7 +217,8 @@ def main(argv=None) -> int:
 
 
 def log_to_mlflow(args, out: Path, suffix: str) -> None:
-    from adapt.tracking import resolve_tracking_uri, start_run
+    from adapt.tracking.runs import start_run
+    from adapt.tracking.store import resolve_tracking_uri
     from report import summary_metrics
 
     uri = resolve_tracking_uri(args.tracking_uri)

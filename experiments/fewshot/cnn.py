@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adapt.classifier import PixelNormalizer
+from adapt.core.classifier import PixelNormalizer
 
 
 class SmallCNN(nn.Module):
@@ -31,7 +31,7 @@ class SmallCNN(nn.Module):
 
 
 def fit_cnn(split, image_size: int, seed: int, epochs: int = 60, progress: bool = False) -> nn.Module:
-    from adapt.features import labels_tensor, load_pixels
+    from adapt.core.features import labels_tensor, load_pixels
     from adapt.methods.lora import AugmentedPixels
     from adapt.training.supervised import TrainConfig, train_classifier
 

@@ -48,15 +48,15 @@ def main(argv=None) -> int:
 
     from bench_fewshot import Backbone, Task, run_one
 
-    from adapt.backbone import create_backbone
-    from adapt.default_backbone import default_checkpoint
+    from adapt.pipelines.default_backbone import load_backbone
+    from adapt.pipelines.default_backbone import default_checkpoint
 
     load_start = os.getloadavg()[0]
     pretrain_info = {}
     if args.rebuild:
         import tempfile
 
-        from adapt.pretrain import build_default_backbone
+        from adapt.pipelines.pretrain import build_default_backbone
 
         work = Path(tempfile.mkdtemp(prefix="default-backbone-"))
         t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     backbones = {}
     for name, spec in specs.items():
         torch.manual_seed(0)
-        backbones[name] = create_backbone(spec.arch, spec.pretrained)
+        backbones[name] = load_backbone(spec.arch, spec.pretrained)
     rows = []
     for method in args.methods.split(","):
         for name in ("pretrained", "random-init"):
@@ -125,7 +125,8 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     logger.info("wrote %s", out / "results.md")
     if not args.no_tracking:
-        from adapt.tracking import resolve_tracking_uri, start_run
+        from adapt.tracking.runs import start_run
+        from adapt.tracking.store import resolve_tracking_uri
 
         run = start_run(resolve_tracking_uri(args.tracking_uri), "benchmarks", "default-backbone", params=vars(args) | {"weights": str(weights)}, command="benchmark")
         run.log_metrics({k.replace("/", ".") + ".balanced_accuracy": v["balanced_accuracy"] for k, v in results["summary"].items()})

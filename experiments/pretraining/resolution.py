@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
-import adapt.backbone  # noqa: F401  (registers the built-in configs)
-from adapt.classifier import PixelNormalizer
+import adapt.core.backbone  # noqa: F401  (registers the built-in configs)
+from adapt.core.classifier import PixelNormalizer
 from adapt.data import few_shot_split, load_dataset
-from adapt.data.sources import stratified_split
-from adapt.features import load_pixels
+from adapt.data.images import stratified_split
+from adapt.core.features import load_pixels
 
 C_GRID = np.logspace(-2, 4, 13)
 

@@ -6,7 +6,7 @@
 What is measured (issue 7, benchmark 4): training samples/s of the same model on the same data
 with the same threads, two ways:
 
-- ``adapt``: ``adapt.pretrain.run_pretrain(PretrainConfig(data=["synthetic"], ...))`` -- the
+- ``adapt``: ``adapt.pipelines.pretrain.run_pretrain(PretrainConfig(data=["synthetic"], ...))`` -- the
   Lightning module, Trainer and callbacks exactly as the product runs them (CPU, fp32);
 - ``plain``: the loop of open_clip's own trainer (``open_clip_train/train.py``:
   ``train_one_epoch``) written out for one process: ``open_clip.create_model(...,
@@ -112,7 +112,7 @@ def steady_state(stamps: list[float], skip: int, batch_size: int) -> dict:
 
 
 def cpu_threads_beside(workers: int) -> int:
-    """The rule of ``adapt.pretrain._share_cpu_with_workers``: leave the data workers their cores."""
+    """The rule of ``adapt.pipelines.pretrain._share_cpu_with_workers``: leave the data workers their cores."""
     import torch
 
     cores = len(os.sched_getaffinity(0))
@@ -142,7 +142,7 @@ def _image_size(model) -> int:
 def measure_adapt(spec: dict) -> dict:
     import lightning
 
-    from adapt.pretrain import PretrainConfig, run_pretrain
+    from adapt.pipelines.pretrain import PretrainConfig, run_pretrain
 
     class StepClock(lightning.Callback):
         def __init__(self) -> None:
@@ -185,7 +185,7 @@ def measure_plain(spec: dict) -> dict:
     import torch
     from open_clip.loss import ClipLoss
 
-    from adapt.classifier import PixelNormalizer
+    from adapt.core.classifier import PixelNormalizer
 
     random.seed(SEED)
     np.random.seed(SEED)
@@ -351,7 +351,8 @@ def write_markdown(path: Path, report: dict) -> None:
 
 
 def log_to_mlflow(report: dict, files: list[Path], tracking_uri: str | None) -> str:
-    from adapt.tracking import resolve_tracking_uri, start_run
+    from adapt.tracking.runs import start_run
+    from adapt.tracking.store import resolve_tracking_uri
 
     cfg, s = report["config"], report["summary"]
     run = start_run(

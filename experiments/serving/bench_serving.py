@@ -17,7 +17,7 @@ same images (the 656 real ELPV test cells, sent as the PNG files they are):
     concurrency. Batch sizes come from the server's Prometheus histogram (per batch) and from
     the responses' ``batch_size`` (as seen by a request).
 (c) ``mlflow models serve -w 1 --env-manager local`` on the same ONNX file wrapped by
-    ``adapt.mlflow_model`` (what ``adapt retrain`` logs), one image per request at the same
+    ``adapt.tracking.pyfunc`` (what ``adapt retrain`` logs), one image per request at the same
     concurrencies, plus requests of 8 images (what an MLflow user might do to batch).
 
 Targets (issue 7): (b)/(a2) >= 0.9 at saturation (best concurrency), (b)/(c) >= 3 at
@@ -358,14 +358,15 @@ def mlflow_server(model: Path, tmp: Path):
 
 
 def save_mlflow_model(onnx_path: Path, dest: Path) -> None:
-    """The same pyfunc model ``adapt.tracking.log_classifier_model`` logs, saved locally."""
+    """The same pyfunc model ``adapt.tracking.runs.log_classifier_model`` logs, saved locally."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow.pyfunc
     import onnxruntime as ort
 
-    import adapt.mlflow_model as code
+    import adapt.tracking.pyfunc as code
+    from adapt.contract.modelmeta import read_session
 
-    meta = code.read_onnx_metadata(ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]))
+    meta = read_session(ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]))
     mlflow.pyfunc.save_model(
         str(dest),
         python_model=code.__file__,

@@ -1,7 +1,7 @@
 """The in-process limit: ONNX Runtime on the same model file and threads, no server, no transport.
 
 The model is loaded with ``services.model.OnnxClassifier``, i.e. with the session options and
-the preprocessing (``adapt.imageio.bytes_to_model_pixels``) the server uses. Each measurement
+the preprocessing (``adapt.contract.imageio.bytes_to_model_pixels``) the server uses. Each measurement
 is made with three settings of ONNX Runtime's spin-waiting (``SPINNING``), the one session
 option that matters when decode threads share the cores with ORT's threads (the server's own
 setting is one of them, see ``server_spinning``). The limit is the best; all are reported. Settings are

@@ -32,7 +32,7 @@ import bench_serving as bench  # noqa: E402
 # handler thread blocked on the batcher's future counts as waiting, not as gRPC.
 PARTS = (
     ("onnxruntime", ("onnxruntime",)),
-    ("image decode + resize", ("adapt/imageio.py", "PIL/", "numpy/")),
+    ("image decode + resize", ("adapt/contract/imageio.py", "PIL/", "numpy/")),
     ("waiting (lock, condition, future)", ("threading.py", "concurrent/futures")),
     ("batcher", ("services/batching.py",)),
     ("gRPC + protobuf", ("grpc/", "grpc_", "google/protobuf")),

@@ -220,7 +220,7 @@ def markdown(results: dict) -> str:
 HOW = [
     "- One process per server, one more per load point: `adapt serve` (default batching: max batch 32, "
     "2 ms queue delay; `--workers` raised to 2 x the largest concurrency so that every stream holds a handler) "
-    "and `mlflow models serve -w 1 --env-manager local` on the pyfunc of `adapt/mlflow_model.py` (the model "
+    "and `mlflow models serve -w 1 --env-manager local` on the pyfunc of `adapt/tracking/pyfunc.py` (the model "
     "`adapt retrain` logs). mlflow's server runs each request in a thread (`asyncio.to_thread`), so several "
     "requests run ONNX Runtime at once on one session.",
     "- Load: closed loop, N asyncio clients in a separate process (`loadgen.py`); each sends an image and waits "
@@ -231,7 +231,7 @@ HOW = [
     "- (a) runs in the benchmark's own process before any server starts; the servers run one after the other, "
     "never together. Server CPU = CPU time of the server's process tree during the window (psutil).",
     "- Targets use the best (a) configuration, whichever spinning setting it needed. (c) runs ONNX Runtime as "
-    "`adapt/mlflow_model.py` sets it up: ORT's defaults (spinning on, one thread per physical core).",
+    "`adapt/tracking/pyfunc.py` sets it up: ORT's defaults (spinning on, one thread per physical core).",
 ]
 
 
@@ -327,7 +327,8 @@ def publish(results: dict, out_dir: Path, tracking_uri: str | None, log: bool) -
     """Write the outputs; with ``log``, into an MLflow run in experiment 'benchmarks' as well."""
     if not log:
         return write(results, out_dir)
-    from adapt.tracking import resolve_tracking_uri, start_run
+    from adapt.tracking.runs import start_run
+    from adapt.tracking.store import resolve_tracking_uri
 
     facts = results["facts"]
     params = {

@@ -9,15 +9,15 @@ from tqdm.auto import tqdm
 
 from adapt.data.images import ImageSet
 from adapt.errors import DataError
-from adapt.imageio import ImageDecodeError, to_model_pixels
-from adapt.modelmeta import INPUT_NAME, OUTPUT_NAME, ClassifierMetadata
+from adapt.contract.imageio import ImageDecodeError, to_model_pixels
+from adapt.contract.modelmeta import INPUT_NAME, OUTPUT_NAME, ClassifierMetadata
 
 
 def predict_onnx(
     path: str | Path, images: ImageSet, meta: ClassifierMetadata, batch_size: int = 64, progress: bool = True, threads: int = 0
 ) -> np.ndarray:
     """Probabilities ``[N, C]`` in the model's label order."""
-    from adapt.export import ort_session
+    from adapt.core.export import ort_session
 
     session = ort_session(path, threads)
     out = []

@@ -7,28 +7,17 @@ or a ``classifier.pt`` file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from adapt.contract.model_uri import ONNX_FILE, TORCH_FILE, LocalModel
 from adapt.errors import AdaptError
-
-ONNX_FILE, TORCH_FILE = "model.onnx", "classifier.pt"
-
-
-@dataclass
-class LocalModel:
-    onnx_path: Path | None
-    torch_path: Path | None
-    name: str = ""
-    version: str = ""
-    uri: str = ""
 
 
 def resolve_model(uri: str, tracking_uri: str | None = None) -> LocalModel:
     if uri.startswith("models:/"):
-        from adapt.tracking import download_registered_model
+        from adapt.tracking.registry import download_version
 
-        return download_registered_model(uri, tracking_uri)
+        return download_version(uri, tracking_uri)
     path = Path(uri).expanduser()
     if path.is_dir():
         onnx_path, torch_path = _find(path, ONNX_FILE, "*.onnx"), _find(path, TORCH_FILE, "*.pt")

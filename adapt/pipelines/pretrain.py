@@ -70,6 +70,11 @@ class PretrainConfig:
             self.output_dir = Path("runs") / "pretrain" / f"{self.model}-{self.loss}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.output_dir = Path(self.output_dir)
 
+    def devices_spec(self):
+        from adapt.training.devices import Devices
+
+        return Devices(self.accelerator, self.devices, self.num_nodes, self.strategy, self.precision)
+
 
 # Named recipes. "default" is the embedded backbone, chosen by measurement on a dev split of the
 # ELPV train pool (experiments/pretraining/results.md): CLIP on synthetic image-caption pairs
@@ -104,28 +109,11 @@ class PretrainResult:
     zero_shot: dict
 
 
-def _precision(cfg: PretrainConfig) -> str:
-    if cfg.precision != "auto":
-        return cfg.precision
-    if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda"):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
-def _devices(text: str):
-    text = str(text)
-    if text == "auto":
-        return "auto"
-    if "," in text:
-        return [int(t) for t in text.split(",") if t]
-    return int(text)
-
-
 def _model(cfg: PretrainConfig):
     """The model to train and the open_clip config it must be saved with."""
     import open_clip
 
-    import adapt.backbone as backbone  # registers the built-in configs
+    import adapt.core.backbone as backbone  # registers the built-in configs
 
     model_cfg = open_clip.get_model_config(cfg.model)
     if model_cfg is None:
@@ -152,22 +140,22 @@ def run_pretrain(cfg: PretrainConfig, loggers: list | None = None, callbacks: li
     try:
         return _run_pretrain(cfg, loggers, callbacks)
     finally:
-        torch.set_num_threads(threads)  # _share_cpu_with_workers may have lowered it
+        torch.set_num_threads(threads)  # share_cpu_with_workers may have lowered it
 
 
 def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | None) -> PretrainResult:
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    import open_clip
     from torch.utils.data import DataLoader
 
-    import open_clip
-
-    from adapt.backbone import save_checkpoint
+    from adapt.core.backbone import save_checkpoint
     from adapt.data.captions import CaptionDataset, resolve_sources
-    from adapt.training.pretrain import ContrastivePretraining
+    from adapt.training.devices import share_cpu_with_workers
+    from adapt.training.pretrain import ContrastivePretraining, fit_pretraining
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    _share_cpu_with_workers(cfg)
+    share_cpu_with_workers(cfg.accelerator, cfg.num_workers)
+    devices = cfg.devices_spec()
     model, model_cfg = _model(cfg)
     image_size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size)
     pp = model.visual.preprocess_cfg
@@ -192,7 +180,7 @@ def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | N
         train_data = CombinedLoader({"clip": loader, "ssl": views}, mode="max_size_cycle")
     else:
         train_data = loader
-    world = _world_size(cfg)
+    world = devices.world_size()
     steps_per_epoch = max(1, len(loader) // world)
     total = cfg.epochs * steps_per_epoch if cfg.max_steps < 0 else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     module = ContrastivePretraining(
@@ -204,24 +192,6 @@ def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | N
     ckpt_dir = out / CKPT_DIR
     if not cfg.resume and any(ckpt_dir.glob("*.ckpt")):
         raise AdaptError(f"{ckpt_dir} already has checkpoints: pass --resume to continue that run, or another --output-dir")
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0)
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=_devices(cfg.devices),
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
-        precision=_precision(cfg),
-        max_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-        gradient_clip_val=1.0,
-        logger=loggers or False,
-        callbacks=[checkpoint, *(callbacks or [])],
-        enable_progress_bar=cfg.progress,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        use_distributed_sampler=True,
-    )
     ckpt_path = None
     if cfg.resume:
         last = ckpt_dir / "last.ckpt"
@@ -236,7 +206,11 @@ def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | N
     )
     start_step = 0
     t0 = time.perf_counter()
-    trainer.fit(module, train_data, ckpt_path=ckpt_path)
+    trainer = fit_pretraining(
+        module, train_data, devices, ckpt_dir=ckpt_dir, resume_from=ckpt_path, epochs=cfg.epochs, max_steps=cfg.max_steps,
+        max_minutes=cfg.max_minutes, checkpoint_every=cfg.checkpoint_every, loggers=loggers, callbacks=callbacks,
+        progress=cfg.progress,
+    )
     seconds = time.perf_counter() - t0
     steps = trainer.global_step
     if ckpt_path:
@@ -259,25 +233,6 @@ def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | N
     return PretrainResult(weights, out, steps, rate, seconds, final_loss, zero_shot)
 
 
-def _share_cpu_with_workers(cfg: PretrainConfig) -> None:
-    """On CPU, leave the data-loader workers their cores: oversubscribed intra-op threads spin
-    and wait on each other (measured here: a 2-core step went from 0.05 s to 1.8 s)."""
-    import os
-
-    if cfg.accelerator in ("cpu", "auto") and not torch.cuda.is_available() and cfg.num_workers > 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores - cfg.num_workers)
-        if torch.get_num_threads() > threads:
-            torch.set_num_threads(threads)
-            logger.info("using %d compute thread(s) beside %d data worker(s)", threads, cfg.num_workers)
-
-
-def _world_size(cfg: PretrainConfig) -> int:
-    d = _devices(cfg.devices)
-    n = len(d) if isinstance(d, list) else (d if isinstance(d, int) and d > 0 else 1)
-    return n * cfg.num_nodes
-
-
 @torch.no_grad()
 def synthetic_zero_shot(model, tokenizer, image_size: int, pp: dict, per_class: int = 25) -> dict:
     """Zero-shot accuracy on held-out synthetic images (a generator stream never used for training):
@@ -286,9 +241,9 @@ def synthetic_zero_shot(model, tokenizer, image_size: int, pp: dict, per_class: 
     - ``good_vs_defect_balanced_accuracy``: 2-way prompts ("flawless" vs "defective" surface) on the
       same images, as balanced accuracy (the good class is 1 of 9, so plain accuracy would flatter).
     """
-    from adapt.classifier import PixelNormalizer
+    from adapt.core.classifier import PixelNormalizer
     from adapt.data import synthetic
-    from adapt.imageio import to_model_pixels
+    from adapt.contract.imageio import to_model_pixels
 
     def embed(prompts: list[str]) -> torch.Tensor:
         emb = torch.nn.functional.normalize(model.encode_text(tokenizer(prompts)).float(), dim=-1).mean(0)

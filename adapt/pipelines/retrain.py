@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from adapt import __version__
-from adapt.backbone import DEFAULT_ARCH, create_backbone
+from adapt.defaults import DEFAULT_ARCH
+from adapt.pipelines.default_backbone import load_backbone
 from adapt.data import few_shot_split, load_dataset
-from adapt.evaluation import choose_reject_threshold, compute_metrics, save_confusion_matrix, save_metrics
+from adapt.core.evaluation import choose_reject_threshold, compute_metrics, save_confusion_matrix, save_metrics
 from adapt.methods import AdaptContext, Method, fit, make_config
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,23 @@ def _with_extra_training_images(data, include: list[str], strict: bool):
     return DatasetSplits(data.name, train, data.test, data.descriptions)  # same classes, same order: extras add none
 
 
+def retrain_context(cfg: RetrainConfig, backbone, split, descriptions: dict[str, str], hooks: RunHooks) -> AdaptContext:
+    """What the methods get: the data, the device, and the Lightning loop bound to that device and the run's loggers."""
+    from adapt.training.supervised import loop
+
+    return AdaptContext(
+        backbone=backbone,
+        split=split,
+        descriptions=descriptions,
+        device=cfg.device,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        use_feature_cache=cfg.use_feature_cache,
+        train=loop(device=cfg.device, loggers=hooks.lightning_loggers(), progress=cfg.progress, seed=cfg.seed),
+        on_metrics=hooks.metrics,
+    )
+
+
 def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainResult:
     hooks = hooks or RunHooks()
     timings: dict[str, float] = {}
@@ -126,7 +144,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         data.name, len(data.classes), len(split.train), len(split.val), len(data.test),
     )
     torch.manual_seed(cfg.seed)
-    backbone = create_backbone(cfg.backbone, cfg.pretrained, device=cfg.device)
+    backbone = load_backbone(cfg.backbone, cfg.pretrained, device=cfg.device)
     timings["load_s"] = time.perf_counter() - t0
     descriptions = {**data.descriptions, **cfg.descriptions}
     params = {
@@ -148,18 +166,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     hooks.dataset(data.name, params["dataset_fingerprint"], str(cfg.data), counts)
 
     t1 = time.perf_counter()
-    ctx = AdaptContext(
-        backbone=backbone,
-        split=split,
-        descriptions=descriptions,
-        device=cfg.device,
-        seed=cfg.seed,
-        progress=cfg.progress,
-        use_feature_cache=cfg.use_feature_cache,
-        lightning_loggers=hooks.lightning_loggers(),
-        on_metrics=hooks.metrics,
-    )
-    fitted = fit(cfg.method, ctx, method_cfg)
+    fitted = fit(cfg.method, retrain_context(cfg, backbone, split, descriptions, hooks), method_cfg)
     timings["adapt_s"] = time.perf_counter() - t1
     params.update({f"chosen.{k}": v for k, v in fitted.params.items() if not isinstance(v, (list, dict))})
 
@@ -173,9 +180,9 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
 
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    from adapt.classifier import save_classifier
-    from adapt.export import export_onnx
-    from adapt.predict import predict_onnx
+    from adapt.core.classifier import save_classifier
+    from adapt.core.export import export_onnx
+    from adapt.core.predict import predict_onnx
 
     t2 = time.perf_counter()
     save_classifier(classifier, out / TORCH_FILE)

@@ -1,8 +1,8 @@
 """The one classifier contract every adaptation method ends in.
 
 ``ImageClassifier`` maps a batch of RGB pixels (``uint8`` or float in 0..255, shape
-``[N, H, W, 3]``, already resized by ``adapt.imageio``) to class probabilities ``[N, C]``. It
-holds the image encoder (``adapt.encoders``: the joint embedding and/or pooled mid-level CNN
+``[N, H, W, 3]``, already resized by ``adapt.contract.imageio``) to class probabilities ``[N, C]``. It
+holds the image encoder (``adapt.core.encoders``: the joint embedding and/or pooled mid-level CNN
 features), the normalisation that matches it and a head over L2-normalised features. Export, evaluation, serving and the registry only ever see this.
 """
 
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapt.encoders import EncoderSpec, ImageEncoder
-from adapt.modelmeta import ClassifierMetadata
+from adapt.core.encoders import EncoderSpec, ImageEncoder
+from adapt.contract.modelmeta import ClassifierMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class LinearHead(nn.Module):
 class TipAdapterHead(nn.Module):
     """Tip-Adapter: zero-shot logits plus ``alpha * exp(-beta * (1 - f @ keys.T)) @ values``.
 
-    With ``text_dim`` the features are ``[embedding | cache features]`` (``adapt.encoders``): the
+    With ``text_dim`` the features are ``[embedding | cache features]`` (``adapt.core.encoders``): the
     zero-shot term reads the first ``text_dim`` values, the cache the rest, each re-normalised.
     """
 
@@ -153,7 +153,7 @@ class ClassifierInfo:
     arch: str = ""
     model_cfg: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # method hyper-parameters, for the record
-    encoder: dict = field(default_factory=lambda: EncoderSpec().to_dict())  # adapt.encoders.EncoderSpec
+    encoder: dict = field(default_factory=lambda: EncoderSpec().to_dict())  # adapt.core.encoders.EncoderSpec
 
     def metadata(self, model_name: str = "", model_version: str = "") -> ClassifierMetadata:
         return ClassifierMetadata(
@@ -178,7 +178,7 @@ class ImageClassifier(nn.Module):
         if len(info.labels) < 2:
             raise ValueError("a classifier needs at least two classes")
         if not isinstance(encoder, ImageEncoder):
-            raise TypeError("ImageClassifier takes an adapt.encoders.ImageEncoder")
+            raise TypeError("ImageClassifier takes an adapt.core.encoders.ImageEncoder")
         self.normalize = PixelNormalizer(info.mean, info.std)
         self.encoder = encoder
         self.head = head

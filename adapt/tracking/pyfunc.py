@@ -4,8 +4,8 @@ This file is logged as the model's code (MLflow "models from code": no pickle); 
 model runs it, and ``set_model`` at the bottom names the model object.
 
 The model wraps the ONNX file (``artifacts/model.onnx``) and answers with ONNX Runtime; it
-imports only NumPy, Pillow, pandas, ONNX Runtime and the torch-free ``adapt.imageio`` /
-``adapt.modelmeta``, so serving it never loads torch.
+imports only NumPy, Pillow, pandas, ONNX Runtime and the torch-free ``adapt.contract.imageio`` /
+``adapt.contract.modelmeta``, so serving it never loads torch.
 
 Request: a DataFrame with one column ``image`` holding base64-encoded image files (PNG, JPEG,
 BMP, TIFF), e.g. ``POST /invocations`` with
@@ -25,21 +25,18 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from adapt.imageio import ImageDecodeError, bytes_to_model_pixels
-from adapt.modelmeta import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata
+from adapt.contract.imageio import ImageDecodeError, bytes_to_model_pixels
+from adapt.contract.modelmeta import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ort_providers,
+    read_session,
+)
 
 ONNX_ARTIFACT = "onnx_model"  # pyfunc artifact key of the ONNX file
 TORCH_ARTIFACT = "torch_classifier"  # classifier.pt, kept for `adapt export --model models:/...`
 IMAGE_COLUMN = "image"
 PROB_PREFIX = "prob_"
-
-
-def read_onnx_metadata(session) -> ClassifierMetadata:
-    """The ``adapt.modelmeta`` metadata of an ONNX Runtime session's model."""
-    props = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in props:
-        raise ValueError("the ONNX model has no adapt classifier metadata")
-    return ClassifierMetadata.from_json(props[METADATA_KEY])
 
 
 def signature_for(labels: list[str]):
@@ -69,8 +66,8 @@ class OnnxImageClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(context.artifacts[ONNX_ARTIFACT], providers=["CPUExecutionProvider"])
-        self.meta = read_onnx_metadata(self.session)
+        self.session = ort.InferenceSession(context.artifacts[ONNX_ARTIFACT], providers=ort_providers())
+        self.meta = read_session(self.session)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:

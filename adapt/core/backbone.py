@@ -3,13 +3,13 @@
 ``create_backbone`` is the one factory: it returns the model together with its tokenizer and
 the preprocessing that matches it (input size, mean/std, resize rule), so they cannot drift
 apart. ``pretrained`` may be an open_clip tag (needs network, fails fast offline), a local
-checkpoint file or open_clip folder, ``"default"`` (this product's own pretrained backbone,
-see ``adapt.default_backbone``), ``"imagenet"`` (architectures with an EfficientNet-Lite tower:
-its ImageNet weights, text tower untrained), or ``None``/``"none"`` for random initialisation.
+checkpoint file or open_clip folder, ``"imagenet"`` (architectures with an EfficientNet-Lite tower:
+its ImageNet weights, text tower untrained), or ``None``/``"none"`` for random initialisation. The product's own pretrained backbone
+(``--pretrained default``) is built by a pipeline: ``adapt.pipelines.default_backbone.load_backbone``.
 
 Architectures whose image tower is an ImageNet EfficientNet-Lite (``adapt-effnet-lite0``/``2``)
 get that network's normalisation in their preprocessing, and ``feature_stages``: the trunk
-stages whose pooled maps the frozen-feature methods use (``adapt.encoders``).
+stages whose pooled maps the frozen-feature methods use (``adapt.core.encoders``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
-from adapt import imagenet
+from adapt.core import imagenet
 from adapt.defaults import BUILTIN_ARCHS, DEFAULT_ARCH
-from adapt.encoders import EMBEDDING, STAGES, EncoderSpec, spec_for
+from adapt.core.encoders import EMBEDDING, STAGES, EncoderSpec, spec_for
 from adapt.errors import BackboneError
 
 logger = logging.getLogger(__name__)
@@ -93,16 +93,17 @@ def state_dict_hash(model: torch.nn.Module) -> str:
 
 def create_backbone(
     arch: str = DEFAULT_ARCH,
-    pretrained: str | None = "default",
+    pretrained: str | None = None,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
 ) -> Backbone:
     """Create ``arch`` with weights from ``pretrained``; see the module docstring for the forms."""
     pretrained = (pretrained or "none").strip()
     if pretrained.lower() == "default":
-        from adapt.default_backbone import default_checkpoint
-
-        pretrained = str(default_checkpoint(arch))
+        raise BackboneError(
+            "'default' is the product's own backbone, built by a pretraining run: open it with "
+            "adapt.pipelines.default_backbone.load_backbone (the CLI's --pretrained default does)"
+        )
     path = Path(pretrained).expanduser()
     if pretrained.lower() == "none":
         model = _create(arch, None, device, precision)

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from adapt.classifier import PixelNormalizer
+from adapt.core.classifier import PixelNormalizer
 from adapt.data.images import ImageSet
 from adapt.errors import DataError
-from adapt.imageio import ImageDecodeError, to_model_pixels
+from adapt.contract.imageio import ImageDecodeError, to_model_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def cached_features(backbone, images: ImageSet, spec=None, *, device="cpu", batc
                     use_cache: bool = True) -> torch.Tensor:
     """``encode_images`` with the backbone's image tower as ``spec`` (an ``EncoderSpec``; default: the
     joint embedding) says, memoised on disk by weights + encoder + images."""
-    from adapt.encoders import EncoderSpec, ImageEncoder
+    from adapt.core.encoders import EncoderSpec, ImageEncoder
 
     spec = spec or EncoderSpec()
     key = _cache_key(backbone.weights_id, spec.key(), backbone.image_size, backbone.resize_mode, backbone.mean, backbone.std, images)

@@ -40,7 +40,7 @@ class DemoConfig:
 
 @dataclass
 class DemoResult:
-    retrain: object  # adapt.retrain.RetrainResult
+    retrain: object  # adapt.pipelines.retrain.RetrainResult
     tracking: list[str]
     served_version: str
     tracking_uri: str
@@ -68,9 +68,10 @@ def _image_bytes(images, i: int) -> bytes:
 def run_demo(cfg: DemoConfig) -> DemoResult:
     from adapt.data import load_dataset
     from adapt.errors import AdaptError
-    from adapt.evaluation import compute_metrics
-    from adapt.retrain import RetrainConfig, run_retrain
-    from adapt.tracking import RetrainTracker, preflight, resolve_tracking_uri
+    from adapt.core.evaluation import compute_metrics
+    from adapt.pipelines.retrain import RetrainConfig, run_retrain
+    from adapt.pipelines.retrain_tracking import RetrainTracker
+    from adapt.tracking.store import preflight, resolve_tracking_uri
     from services.client import InspectionClient
     from services.server import InspectionServer, ServeConfig
 

@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapt.errors import AdaptError
-from adapt.tracking import TrackingError, environ, first_line, mlflow_client, resolve_tracking_uri, sqlite_path
+from adapt.tracking.store import (
+    TrackingError,
+    environ,
+    first_line,
+    mlflow_client,
+    resolve_tracking_uri,
+    sqlite_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -314,17 +321,6 @@ def list_versions(client, name: str | None = None) -> list[VersionRow]:
 
 # ---------------------------------------------------------------- registered versions -> local files
 
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
-
-
-def parse_models_uri(uri: str) -> tuple[str, str, str]:
-    """``models:/NAME@ALIAS`` -> (name, alias, ""); ``models:/NAME/VERSION`` -> (name, "", version)."""
-    match = _MODELS_URI.match(uri)
-    if not match:
-        raise AdaptError(f"not a registry model URI: {uri} (expected models:/NAME@ALIAS or models:/NAME/VERSION)")
-    return match["name"], match["alias"] or "", match["version"] or ""
-
-
 def _cache_root() -> Path:
     from platformdirs import user_cache_dir
 
@@ -332,15 +328,14 @@ def _cache_root() -> Path:
 
 
 def download_version(uri: str, tracking_uri: str | None = None):
-    """Local ``model.onnx`` + ``classifier.pt`` of a registered version, as ``adapt.model_uri.LocalModel``.
+    """Local ``model.onnx`` + ``classifier.pt`` of a registered version, as ``adapt.tracking.model_uri.LocalModel``.
 
     Downloads are cached per (store, name, version, source): a version never changes.
     """
-    import mlflow.artifacts
+    from adapt.contract import model_uri
 
-    from adapt.model_uri import ONNX_FILE, TORCH_FILE, LocalModel
-
-    name, alias, version = parse_models_uri(uri)
+    ref = model_uri.parse_model_uri(uri)
+    name, alias, version = ref.name, ref.alias, ref.version
     tracking_uri = resolve_tracking_uri(tracking_uri)
     client = mlflow_client(tracking_uri)
     try:
@@ -355,11 +350,8 @@ def download_version(uri: str, tracking_uri: str | None = None):
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
         progress = "true" if sys.stderr.isatty() else "false"  # no progress bars in logs
         try:
-            # Resolve the storage location with our client: MLflow resolves ``models:/`` URIs through
-            # the process-global registry URI, whatever registry_uri is passed.
-            location = client.get_model_version_download_uri(name, str(mv.version))
             with environ(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=progress):
-                mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp), tracking_uri=tracking_uri)
+                model_uri.download_version(client, name, str(mv.version), tmp, tracking_uri)
             (tmp / ".complete").write_text(uri)
             shutil.rmtree(dest, ignore_errors=True)
             tmp.replace(dest)
@@ -367,9 +359,9 @@ def download_version(uri: str, tracking_uri: str | None = None):
             shutil.rmtree(tmp, ignore_errors=True)
             if not (dest / ".complete").is_file():  # else a concurrent download finished first
                 raise TrackingError(f"{uri}: cannot download version {mv.version} ({first_line(exc)})") from exc
-    onnx_files = sorted(dest.rglob("*.onnx"), key=lambda p: (p.name != ONNX_FILE, len(p.parts)))
-    torch_files = sorted(dest.rglob(TORCH_FILE), key=lambda p: len(p.parts))
+    onnx_files = model_uri.onnx_files(dest)
+    torch_files = sorted(dest.rglob(model_uri.TORCH_FILE), key=lambda p: len(p.parts))
     if not onnx_files and not torch_files:
-        raise TrackingError(f"{uri}: version {mv.version} has no {ONNX_FILE} or {TORCH_FILE} in its artifacts")
-    return LocalModel(onnx_files[0] if onnx_files else None, torch_files[0] if torch_files else None,
-                      name=name, version=str(mv.version), uri=uri)
+        raise TrackingError(f"{uri}: version {mv.version} has no {model_uri.ONNX_FILE} or {model_uri.TORCH_FILE} in its artifacts")
+    return model_uri.LocalModel(onnx_files[0] if onnx_files else None, torch_files[0] if torch_files else None,
+                                name=name, version=str(mv.version), uri=uri)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from adapt.errors import AdaptError
-from adapt.method_names import Method
+from adapt.methods.names import Method
 
 
 def hp(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING):

@@ -2,7 +2,7 @@
 
 The graph's input is ``pixels: uint8[N, H, W, 3]`` with a dynamic batch axis; normalisation is
 inside the graph; labels, input size, resize rule, reject threshold and model identity travel
-in the model's metadata (``adapt.modelmeta``). ``check_parity`` compares ONNX Runtime against
+in the model's metadata (``adapt.contract.modelmeta``). ``check_parity`` compares ONNX Runtime against
 the torch classifier on random images.
 """
 
@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import torch
 
-from adapt.classifier import ImageClassifier
+from adapt.core.classifier import ImageClassifier
 from adapt.errors import AdaptError
-from adapt.modelmeta import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata
+from adapt.contract.modelmeta import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata, ort_providers
 
 logger = logging.getLogger(__name__)
 
@@ -75,22 +75,13 @@ def set_metadata(model: onnx.ModelProto, metadata: ClassifierMetadata) -> None:
     model.producer_name = "adapt"
 
 
-def read_metadata(path: str | Path) -> ClassifierMetadata:
-    model = onnx.load(str(path), load_external_data=False)
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            return ClassifierMetadata.from_json(prop.value)
-    raise AdaptError(f"{path} has no adapt classifier metadata (was it exported by adapt?)")
-
-
 def ort_session(path: str | Path, threads: int = 0):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    return ort.InferenceSession(str(path), opts, providers=providers)
+    return ort.InferenceSession(str(path), opts, providers=ort_providers())
 
 
 def check_parity(classifier: ImageClassifier, path: str | Path, n: int = 4, seed: int = 0, tolerance: float = PARITY_TOLERANCE) -> float:

@@ -52,11 +52,11 @@ def recipe_for(arch: str) -> LitRecipe | dict:
     """The LiT recipe for EfficientNet-Lite architectures, else the full-pretraining preset (as a dict)."""
     import open_clip
 
-    from adapt.backbone import imagenet_net  # registers the built-in configs
+    from adapt.core.backbone import imagenet_net  # registers the built-in configs
 
     if imagenet_net(open_clip.get_model_config(arch)) is not None:
         return LitRecipe(arch)
-    from adapt.pretrain import PRESETS
+    from adapt.pipelines.pretrain import PRESETS
 
     return {"preset": "default", **asdict(PRESETS["default"]), "model": arch, "output_dir": None}
 
@@ -64,8 +64,8 @@ def recipe_for(arch: str) -> LitRecipe | dict:
 def recipe_hash(arch: str, recipe: LitRecipe | dict | None = None) -> str:
     import open_clip
 
-    from adapt import imagenet
-    from adapt.backbone import imagenet_net
+    from adapt.core import imagenet
+    from adapt.core.backbone import imagenet_net
 
     recipe = recipe if recipe is not None else recipe_for(arch)
     cfg = open_clip.get_model_config(arch)
@@ -80,17 +80,29 @@ def recipe_hash(arch: str, recipe: LitRecipe | dict | None = None) -> str:
 
 
 def default_dir(arch: str) -> Path:
-    from adapt.features import cache_dir
+    from adapt.core.features import cache_dir
 
     override = os.environ.get("ADAPT_DEFAULT_BACKBONE_DIR")
     return Path(override) if override else cache_dir() / "backbones" / f"{arch}-default-{recipe_hash(arch)}"
+
+
+def load_backbone(arch: str | None = None, pretrained: str | None = "default", device="cpu", precision: str = "fp32"):
+    """``adapt.core.backbone.create_backbone``, where ``pretrained="default"`` means this product's
+    backbone for ``arch`` (built on first use). What ``--pretrained`` means on the command line."""
+    from adapt.core.backbone import create_backbone
+    from adapt.defaults import DEFAULT_ARCH
+
+    arch = arch or DEFAULT_ARCH
+    if (pretrained or "").strip().lower() == "default":
+        pretrained = str(default_checkpoint(arch))
+    return create_backbone(arch, pretrained, device=device, precision=precision)
 
 
 def default_checkpoint(arch: str) -> Path:
     """The cached default checkpoint of ``arch``, built on first use (one process builds, others wait)."""
     from filelock import FileLock, Timeout
 
-    from adapt.backbone import CHECKPOINT_NAME
+    from adapt.core.backbone import CHECKPOINT_NAME
 
     path = default_dir(arch) / CHECKPOINT_NAME
     if path.is_file():
@@ -111,7 +123,7 @@ def default_checkpoint(arch: str) -> Path:
         try:
             if isinstance(recipe, LitRecipe):
                 return build_lit_backbone(recipe, path.parent)
-            from adapt.pretrain import build_default_backbone
+            from adapt.pipelines.pretrain import build_default_backbone
 
             return build_default_backbone(arch, path.parent)
         except KeyboardInterrupt:
@@ -147,8 +159,8 @@ def trunk_features(model, sources, image_size: int, mean, std, progress: bool = 
     from torch.utils.data import DataLoader, Dataset
     from tqdm.auto import tqdm
 
-    from adapt.classifier import PixelNormalizer
-    from adapt.imageio import to_model_pixels
+    from adapt.core.classifier import PixelNormalizer
+    from adapt.contract.imageio import to_model_pixels
 
     class Pairs(Dataset):
         def __init__(self) -> None:
@@ -180,9 +192,9 @@ def build_lit_backbone(recipe: LitRecipe, out_dir: Path, progress: bool = True) 
     import open_clip
     from torch.utils.data import DataLoader, TensorDataset
 
-    from adapt import imagenet
-    from adapt.backbone import load_imagenet_tower, save_checkpoint
-    from adapt.pretrain import synthetic_zero_shot
+    from adapt.core import imagenet
+    from adapt.core.backbone import load_imagenet_tower, save_checkpoint
+    from adapt.pipelines.pretrain import synthetic_zero_shot
     from adapt.training.lit import LockedImageTextTraining
 
     t0 = time.perf_counter()

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-logger = logging.getLogger(__name__)
+from adapt.contract.model_uri import (
+    ONNX_FILE,
+    download_version,
+    onnx_files,
+    parse_model_uri,
+    tracking_uri_or_default,
+)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+logger = logging.getLogger(__name__)
 
 
 class SourceError(RuntimeError):
@@ -74,21 +78,6 @@ class FileSource:
         return Artifact(self.path)
 
 
-@dataclass(frozen=True)
-class RegistryRef:
-    name: str
-    alias: str = ""
-    version: str = ""
-
-
-def parse_model_uri(uri: str) -> RegistryRef:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> ``RegistryRef`` (``ValueError`` otherwise)."""
-    match = _MODELS_URI.match(uri)
-    if not match:
-        raise ValueError(f"not a registry model URI: {uri!r} (expected models:/NAME@ALIAS or models:/NAME/VERSION)")
-    return RegistryRef(match["name"], match["alias"] or "", match["version"] or "")
-
-
 class RegistrySource:
     """A registered MLflow model, pinned (``models:/NAME/3``) or following an alias (``models:/NAME@champion``)."""
 
@@ -97,7 +86,7 @@ class RegistrySource:
         self.uri = uri
         self.name = self.ref.name
         self.watchable = bool(self.ref.alias)
-        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        self.tracking_uri = tracking_uri_or_default(tracking_uri)
 
     def poll(self) -> str:
         if not self.ref.alias:
@@ -123,23 +112,16 @@ def download_onnx(name: str, version: str, tracking_uri: str) -> tuple[Path, Pat
     other ``*.onnx`` file is accepted too.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in server logs
-    import mlflow.artifacts
     from mlflow import MlflowClient
 
     tmp = Path(tempfile.mkdtemp(prefix=f"adapt-serve-{name}-v{version}-"))
     try:
-        # Resolve through a client bound to tracking_uri: `models:/` artifact URIs would go through the
-        # process-wide registry URI instead (and ignore an explicit --tracking-uri).
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        location = client.get_model_version_download_uri(name, version).rstrip("/")
         try:  # adapt's own models keep the graph at artifacts/model.onnx: fetch just that
-            root = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{location}/artifacts/model.onnx", dst_path=str(tmp), tracking_uri=tracking_uri
-            )
-            root = str(Path(root).parent)
+            root = download_version(client, name, version, tmp, tracking_uri, subpath=f"artifacts/{ONNX_FILE}").parent
         except Exception:
-            root = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp), tracking_uri=tracking_uri)
-        found = sorted(Path(root).rglob("*.onnx"), key=lambda p: (p.name != "model.onnx", len(p.parts), str(p)))
+            root = download_version(client, name, version, tmp, tracking_uri)
+        found = onnx_files(root)
         if not found:
             raise SourceError(f"models:/{name}/{version}: no .onnx file in the model's artifacts")
         return found[0], tmp

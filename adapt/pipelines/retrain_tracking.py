@@ -1,0 +1,224 @@
+"""A retrain in MLflow: ``RetrainTracker`` plugs into ``adapt.pipelines.retrain.RunHooks``.
+
+``log_retrain_result`` logs a finished retrain output folder (final metrics, confusion matrix,
+metrics JSON, labels, the exported classifier as an MLflow pyfunc model) and ``register_result``
+registers it through the champion gate in ``adapt.tracking.registry``. ``load_retrain_result``
+reads a folder back, for ``adapt models log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adapt.errors import AdaptError
+from adapt.tracking.runs import TrackedRun, log_classifier_model, start_run
+from adapt.tracking.store import TrackingError, default_experiment, first_line
+
+if TYPE_CHECKING:  # adapt.pipelines.retrain pulls in torch; `adapt models ...` must not
+    from adapt.pipelines.retrain import RetrainResult
+
+logger = logging.getLogger(__name__)
+
+
+FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "needs_review_rate", "accuracy_on_accepted")
+
+
+def final_metrics(metrics: dict) -> dict[str, float]:
+    """The held-out metrics as flat MLflow metrics (per-class ones as ``per_class/<class>/<metric>``)."""
+    out = {k: metrics[k] for k in FINAL_METRICS if isinstance(metrics.get(k), (int, float))}
+    if isinstance(metrics.get("n"), int):
+        out["test_images"] = metrics["n"]
+    for cls, values in (metrics.get("per_class") or {}).items():
+        for k, v in values.items():
+            if k != "support":
+                out[f"per_class/{cls}/{k}"] = v
+    return out
+
+
+def load_retrain_result(output_dir: str | Path) -> RetrainResult:
+    """A ``RetrainResult`` read back from an ``adapt retrain`` output folder."""
+    from adapt.pipelines.retrain import (
+        METRICS_FILE,
+        MODEL_FILE,
+        RUN_FILE,
+        TORCH_FILE,
+        RetrainResult,
+    )
+
+    out = Path(output_dir)
+    missing = [n for n in (MODEL_FILE, METRICS_FILE) if not (out / n).is_file()]
+    if missing:
+        raise AdaptError(f"{out} is not an adapt retrain output folder (missing {', '.join(missing)})")
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    record = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).is_file() else {}
+    return RetrainResult(
+        output_dir=out,
+        metrics=metrics,
+        params=record.get("params") or {k: metrics[k] for k in ("method", "shots", "seed", "dataset", "dataset_fingerprint") if k in metrics},
+        model_path=out / MODEL_FILE,
+        classifier_path=out / TORCH_FILE,
+        dataset_fingerprint=str(metrics.get("dataset_fingerprint", "")),
+        timings=record.get("timings") or {},
+    )
+
+
+def run_name_for(params: dict) -> str:
+    return f"{params.get('method', 'run')}-{params.get('shots', '?')}shot-seed{params.get('seed', '?')}"
+
+
+def version_tags(result: RetrainResult) -> dict[str, str]:
+    """Tags of a registered version: the eval metrics and what they were measured on."""
+    m, p = result.metrics, result.params
+    tags = {k: f"{float(m[k]):.6g}" for k in FINAL_METRICS if isinstance(m.get(k), (int, float))}
+    tags["dataset_fingerprint"] = result.dataset_fingerprint
+    for key in ("dataset", "method", "shots", "seed"):
+        if key in m or key in p:
+            tags[key] = str(m.get(key, p.get(key)))
+    for key in ("backbone", "backbone_weights"):
+        if key in p:
+            tags[key] = str(p[key])
+    if isinstance(m.get("n"), int):
+        tags["test_images"] = str(m["n"])
+    return tags
+
+
+@dataclass
+class TrackingOutcome:
+    run_url: str
+    run_id: str
+    model_id: str = ""
+    decision: object | None = None  # adapt.tracking.registry.GateDecision
+
+    def lines(self) -> list[str]:
+        lines = [f"MLflow run: {self.run_url}"]
+        if self.decision is not None:
+            lines.append(self.decision.summary())
+        return lines
+
+
+def log_retrain_result(
+    run: TrackedRun,
+    result: RetrainResult,
+    register: str | None = None,
+    promote_metric: str = "balanced_accuracy",
+    history: list[dict] | None = None,
+) -> TrackingOutcome:
+    """Log a finished retrain into ``run`` and end it; then register it through the promotion gate."""
+    from adapt.pipelines.retrain import CM_FILE, LABELS_FILE, METRICS_FILE, RUN_FILE
+
+    chosen_later = {k: v for k, v in result.params.items() if k not in run.logged_params}  # e.g. chosen.*, reject_threshold
+    if chosen_later:
+        run.log_params(chosen_later)
+    for i, entry in enumerate(history or []):
+        run.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=int(entry.get("epoch", i)))
+    run.log_metrics(final_metrics(result.metrics))
+    run.log_metrics({f"time/{k}": v for k, v in result.timings.items()})
+    out = result.output_dir
+    for name in (METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE):
+        if (out / name).is_file():
+            run.log_artifact(out / name)
+    run.set_tags({"adapt.output_dir": str(out.resolve()), "dataset_fingerprint": result.dataset_fingerprint})
+    model_id = log_classifier_model(run, result.model_path, result.classifier_path)
+    run.end("FINISHED")
+    outcome = TrackingOutcome(run.url, run.run_id, model_id)
+    if register:
+        register_result(run, outcome, result, register, promote_metric)
+    return outcome
+
+
+def register_result(run: TrackedRun, outcome: TrackingOutcome, result: RetrainResult, name: str, promote_metric: str) -> None:
+    """Register the run's logged model as a version of ``name`` and put it through the champion gate."""
+    from adapt.tracking.registry import gate, register_version
+
+    version = register_version(run.client, name, outcome.model_id, run.run_id, version_tags(result))
+    outcome.decision = gate(run.client, run.tracking_uri, name, version, promote_metric)
+
+
+def log_later_command(output_dir: Path, tracking_uri: str, register: str | None, experiment: str | None) -> str:
+    parts = ["adapt models log", _quote(str(output_dir)), "--tracking-uri", _quote(tracking_uri)]
+    if experiment:
+        parts += ["--experiment", _quote(experiment)]
+    if register:
+        parts += ["--register", _quote(register)]
+    return " ".join(parts)
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+class RetrainTracker:
+    """``adapt.pipelines.retrain.RunHooks`` that track one retrain in MLflow and register it.
+
+    Errors before training (``started``) raise ``TrackingError``. After training nothing raises:
+    the output folder is already complete, so a failure is kept in ``failure`` (one line, with
+    the command that logs the folder later) for the caller to report.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str | None = None, register: str | None = None, promote_metric: str = "balanced_accuracy") -> None:
+        self.tracking_uri, self.experiment = tracking_uri, experiment
+        self.register, self.promote_metric = register, promote_metric
+        self.run: TrackedRun | None = None
+        self.outcome: TrackingOutcome | None = None
+        self.failure: str | None = None
+
+    def started(self, params: dict) -> None:
+        self.experiment = self.experiment or default_experiment("retrain", str(params.get("dataset", "data")))
+        self.run = start_run(self.tracking_uri, self.experiment, run_name_for(params), params, command="retrain")
+
+    def dataset(self, name: str, fingerprint: str, source: str, counts: dict[str, int]) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log_dataset(name, fingerprint, source, counts)
+        except TrackingError as exc:  # the run still has the fingerprint as a param
+            logger.warning("%s", exc)
+
+    def lightning_loggers(self) -> list:
+        from adapt.training.mlflow_logger import run_logger
+
+        return [run_logger(self.run)] if self.run and not self.run.broken else []
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        if self.run is None or self.run.broken:
+            return
+        try:
+            self.run.log_metrics(values, step)
+        except TrackingError as exc:
+            self.run.mark_broken(exc)
+
+    def finished(self, result: RetrainResult) -> None:
+        if self.run is None:
+            return
+        later = log_later_command(result.output_dir, self.tracking_uri, self.register, self.experiment)
+        try:
+            if self.run.broken:
+                raise TrackingError(f"MLflow at {self.tracking_uri} failed during training: {self.run.broken}")
+            self.outcome = log_retrain_result(self.run, result)
+        except Exception as exc:
+            logger.debug("tracking failed after training", exc_info=True)
+            self.run.end_quietly("FAILED")
+            self.failure = f"{first_line(exc)}; the model and metrics are in {result.output_dir} -- log them later with: {later}"
+            return
+        if self.register:
+            try:
+                register_result(self.run, self.outcome, result, self.register, self.promote_metric)
+            except Exception as exc:
+                logger.debug("registration failed", exc_info=True)
+                self.failure = (f"{first_line(exc)}; run {self.run.run_id} is logged but not registered -- "
+                                f"register the folder (as a new run) with: {later}")
+
+    def aborted(self, exc: BaseException) -> None:
+        """The retrain stopped with ``exc`` before ``finished``: end the run as FAILED (KILLED on Ctrl-C)."""
+        if self.run is not None and self.outcome is None and self.failure is None:
+            self.run.end_quietly("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+
+    def report(self) -> list[str]:
+        """Lines for the user: where the run is and what happened to the champion alias."""
+        return self.outcome.lines() if self.outcome else []

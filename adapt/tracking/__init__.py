@@ -1,0 +1,1 @@
+"""MLflow: tracking store and runs, the pyfunc model, the registry and its champion gate."""

@@ -1,4 +1,4 @@
-"""The procedural synthetic generator: determinism, coverage, captions, visibility, folder output."""
+"""The procedural synthetic generator: determinism, coverage, captions, visibility, the labelled source, pinned pixels."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import ast
 import hashlib
 import re
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import ImageFilter
 
 from adapt.data import load_dataset
 from adapt.data import synthetic as syn
+from adapt.errors import DataError
 
 pytestmark = pytest.mark.unit
 
@@ -187,44 +187,54 @@ def test_zero_shot_prompts():
         syn.zero_shot_prompts("rust-ish")
 
 
-def test_class_dataset_is_balanced_and_keeps_label_names():
-    data = syn.class_dataset(3, seed=1, image_size=32, classes=("good", "scratch", "hole"))
-    assert Counter(label for _, label in data) == {"good": 3, "scratch": 3, "hole": 3}
-    assert [label for _, label in data] == ["good"] * 3 + ["scratch"] * 3 + ["hole"] * 3
-    assert all(img.size == (32, 32) and img.mode == "RGB" for img, _ in data)
-    # "good" and "none" are the same class; a class does not depend on which others are asked for
-    none = syn.class_dataset(3, seed=1, image_size=32, classes=("none",))
-    assert [i.tobytes() for i, _ in none] == [i.tobytes() for i, _ in data[:3]]
-    assert len({img.tobytes() for img, _ in data}) == len(data)
-    with pytest.raises(ValueError, match="unknown defect"):
-        syn.class_dataset(1, seed=1, classes=("good", "dent"))
+def test_synthetic_source_is_balanced_and_keeps_label_names():
+    """``--data synthetic[:classes][@SIZE]``: balanced, grouped by class in the order given."""
+    splits = load_dataset("synthetic:good,scratch,hole@32")
+    assert splits.classes == ("good", "scratch", "hole")
+    assert splits.descriptions == {c: syn.class_description(c) for c in splits.classes}
+    assert splits.train.class_counts() == {"good": 48, "scratch": 48, "hole": 48}
+    assert splits.test.class_counts() == {"good": 24, "scratch": 24, "hole": 24}
+    for part in (splits.train, splits.test):
+        n = len(part) // 3
+        assert part.labels.tolist() == [0] * n + [1] * n + [2] * n
+        assert all(key.split("/")[0] == part.classes[label] for key, label in zip(part.keys, part.labels))
+    images = [part.load(i) for part in (splits.train, splits.test) for i in range(0, len(part), 4)]
+    assert all(img.size == (32, 32) and img.mode == "RGB" for img in images)
+    # classes never share a render, and train and test never share an image
+    assert len({img.tobytes() for img in images}) == len(images)
+    # a class does not depend on which other classes are asked for
+    hole = load_dataset("synthetic:hole@32")
+    assert [hole.train.load(i).tobytes() for i in range(3)] == [splits.train.load(96 + i).tobytes() for i in range(3)]
+    assert [hole.test.load(i).tobytes() for i in range(3)] == [splits.test.load(48 + i).tobytes() for i in range(3)]
+    assert load_dataset("synthetic").classes == ("good", "scratch", "crack", "spot")
+    assert load_dataset("synthetic").train.load(0).size == (64, 64)
+    with pytest.raises(DataError, match="unknown synthetic class"):
+        load_dataset("synthetic:good,dent")
 
 
-def test_write_folder_layout(tmp_path):
-    root = syn.write_folder(tmp_path / "ds", 2, seed=0, image_size=32, classes=("good", "crack"))
-    assert root == tmp_path / "ds"
-    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")) == [
-        "crack/crack_0.png", "crack/crack_1.png", "good/good_0.png", "good/good_1.png",
-    ]
-    with Image.open(root / "crack" / "crack_1.png") as img:
-        assert img.size == (32, 32) and img.mode == "RGB"
-    syn.write_folder(tmp_path / "jpg", 1, seed=0, image_size=32, classes=("spot",), fmt="jpg")
-    assert (tmp_path / "jpg" / "spot" / "spot_0.jpg").is_file()
+def test_good_aliases_render_the_same_good_part():
+    """"good" (and the other aliases) and GOOD are one class: same pixels, same caption, no mask."""
+    none = syn.render_sample(1, 3, 32, defect=syn.GOOD)
+    assert none.defect == syn.GOOD and none.mask is None
+    for alias in sorted(syn.GOOD_ALIASES):
+        s = syn.render_sample(1, 3, 32, defect=alias)
+        assert s.defect == syn.GOOD and s.image.tobytes() == none.image.tobytes() and s.caption == none.caption
 
 
-def test_write_caption_manifest(tmp_path):
-    manifest = syn.write_caption_manifest(tmp_path, 3, seed=0, image_size=32)
-    lines = manifest.read_text().splitlines()
-    assert lines[0] == "image,caption" and len(lines) == 4
-    assert all((tmp_path / line.split(",", 1)[0]).is_file() for line in lines[1:])
+def test_samples_are_random_access():
+    """A sample is a function of (seed, index) alone, whatever was rendered before (data-loader workers)."""
+    forward = [syn.render_sample(2, i, 32) for i in range(5)]
+    backward = [syn.render_sample(2, i, 32) for i in reversed(range(5))][::-1]
+    assert [s.image.tobytes() for s in forward] == [s.image.tobytes() for s in backward]
+    assert [s.caption for s in forward] == [s.caption for s in backward]
+    assert len({s.image.tobytes() for s in forward}) == 5
 
 
-def test_stream_is_a_sequence_of_samples():
-    stream = syn.SyntheticStream(seed=2, length=5, image_size=32)
-    assert len(stream) == 5
-    assert stream[4].image.tobytes() == syn.render_sample(2, 4, 32).image.tobytes()
-    with pytest.raises(IndexError):
-        stream[5]
+def test_captions_fit_a_caption_manifest_row():
+    """Captions are one clean line each, so pairs can be written to a CSV / JSONL manifest."""
+    for i in range(40):
+        caption = syn.render_sample(3, i, 32).caption
+        assert caption and caption == caption.strip() and "\n" not in caption and "  " not in caption, caption
 
 
 @pytest.mark.parametrize(

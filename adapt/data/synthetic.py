@@ -5,7 +5,7 @@ and Pillow only, fast enough to generate on the fly in data-loader workers. It s
 
 - image-caption pairs to pretrain a small CLIP backbone from scratch (captions name the surface,
   the defect with synonyms, where it is and how bad it is, or say that the part is good);
-- labelled classification sets for demos and tests (``class_dataset``, ``write_folder``);
+- the labelled ``--data synthetic[:classes][@SIZE]`` source for demos and tests (``synthetic_source``);
 - features that transfer to real inspection images, in particular electroluminescence (EL)
   images of solar cells as in ELPV: grayscale cells with busbars and fingers, thin dark cracks,
   dark inactive areas, finger interruptions, grainy poly-crystalline vs uniform mono cells.
@@ -17,19 +17,14 @@ caption) spawned from ``(seed, index)``, so the good and the defective render of
 
 from __future__ import annotations
 
-import csv
-import logging
 import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-
-logger = logging.getLogger(__name__)
 
 SURFACES: tuple[str, ...] = (
     "brushed_metal",
@@ -1156,7 +1151,7 @@ def zero_shot_prompts(defect: str, surface: str | None = None) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Public API: samples, labelled sets, folders, manifests
+# Public API: samples
 # --------------------------------------------------------------------------------------------
 
 
@@ -1243,89 +1238,3 @@ def render_sample(seed: int, index: int, image_size: int = 128, *, surface: str 
 def _is_gray(image: Image.Image) -> bool:
     a = np.asarray(image)
     return bool(np.array_equal(a[:, :, 0], a[:, :, 1]) and np.array_equal(a[:, :, 1], a[:, :, 2]))
-
-
-class SyntheticStream:
-    """A map-style sequence of samples ``render_sample(seed, i)`` for i in range(length), rendered
-    on access; usable directly as (or wrapped by) a torch ``Dataset`` in data-loader workers."""
-
-    def __init__(self, seed: int, length: int, image_size: int = 128, *, surface: str | None = None,
-                 defect_probability: float = 0.7):
-        if length < 0:
-            raise ValueError(f"length must be >= 0, got {length}")
-        if surface is not None:
-            _check_surface(surface)
-        self.seed, self.length, self.image_size = seed, length, image_size
-        self.surface, self.defect_probability = surface, defect_probability
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> SyntheticSample:
-        if not -self.length <= index < self.length:
-            raise IndexError(index)
-        return render_sample(self.seed, index % self.length, self.image_size, surface=self.surface,
-                             defect_probability=self.defect_probability)
-
-
-_CLASS_STRIDE = 1_000_003  # per-class index offset: classes never share a background
-
-
-def class_dataset(n_per_class: int, seed: int, image_size: int = 64,
-                  classes: Sequence[str] = ("none", "scratch", "crack", "spot"),
-                  surface: str | None = None) -> list[tuple[Image.Image, str]]:
-    """Balanced labelled images, grouped by class in the order of ``classes``.
-
-    Labels are the class names exactly as given; "good" (and the other good aliases) render good
-    parts. Each class draws from its own indices, so a class's images do not depend on which other
-    classes are asked for, and no two classes share a background."""
-    if n_per_class < 0:
-        raise ValueError(f"n_per_class must be >= 0, got {n_per_class}")
-    if len(set(classes)) != len(classes):
-        raise ValueError(f"duplicate class names in {tuple(classes)}")
-    kinds = [_check_defect(c) for c in classes]
-    out = []
-    for name, kind in zip(classes, kinds):
-        offset = (1 + (GOOD, *DEFECTS).index(kind)) * _CLASS_STRIDE
-        for i in range(n_per_class):
-            sample = render_sample(seed, offset + i, image_size, surface=surface, defect=kind)
-            out.append((sample.image, name))
-    return out
-
-
-def write_folder(root: str | Path, n_per_class: int, seed: int, image_size: int = 64,
-                 classes: Sequence[str] = ("good", "scratch", "crack", "spot"), surface: str | None = None,
-                 fmt: str = "png") -> Path:
-    """Write ``ROOT/<class>/<class>_<i>.<fmt>`` (the folder-dataset layout) and return ROOT."""
-    fmt = fmt.lower().lstrip(".")
-    if fmt not in ("png", "jpg", "jpeg", "bmp", "tif", "tiff"):
-        raise ValueError(f"unsupported image format {fmt!r}")
-    root = Path(root)
-    counters: dict[str, int] = {}
-    for image, label in class_dataset(n_per_class, seed, image_size, classes, surface):
-        i = counters.get(label, 0)
-        counters[label] = i + 1
-        folder = root / label
-        folder.mkdir(parents=True, exist_ok=True)
-        image.save(folder / f"{label}_{i}.{fmt}", **({"quality": 95} if fmt in ("jpg", "jpeg") else {}))
-    logger.info("wrote %d synthetic images of %d classes to %s", sum(counters.values()), len(classes), root)
-    return root
-
-
-def write_caption_manifest(root: str | Path, n: int, seed: int, image_size: int = 128, *,
-                           surface: str | None = None, defect_probability: float = 0.7,
-                           fmt: str = "png") -> Path:
-    """Write n images to ``ROOT/images/`` and ``ROOT/captions.csv`` (``image,caption``, paths
-    relative to the CSV) - a pretraining manifest. Returns the CSV path."""
-    root = Path(root)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    manifest = root / "captions.csv"
-    with manifest.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "caption"])
-        for i in range(n):
-            sample = render_sample(seed, i, image_size, surface=surface, defect_probability=defect_probability)
-            rel = f"images/{i:06d}.{fmt}"
-            sample.image.save(root / rel)
-            writer.writerow([rel, sample.caption])
-    return manifest

@@ -46,7 +46,7 @@ def load_dataset(
 
         return load_elpv(text)
     if head == "synthetic" and not Path(text).exists():
-        from adapt.data.synthetic_source import load_synthetic
+        from adapt.data.synthetic.source import load_synthetic
 
         return load_synthetic(text)
     path = Path(text).expanduser()

@@ -11,6 +11,9 @@ from functools import partial
 import numpy as np
 
 from adapt.data.images import DatasetSplits, ImageSet
+from adapt.data.synthetic.captions import class_description
+from adapt.data.synthetic.defects import DEFECTS, GOOD
+from adapt.data.synthetic.render import render_sample
 from adapt.errors import DataError
 
 DEFAULT_CLASSES = ("good", "scratch", "crack", "spot")
@@ -22,12 +25,10 @@ CLASS_STRIDE = 100_000
 
 
 def _render(seed: int, size: int, root: str, key: str):
-    from adapt.data import synthetic
-
     label, index = key.split("/")
-    defect = synthetic.GOOD if label == "good" else label
-    offset = (1 + (synthetic.GOOD, *synthetic.DEFECTS).index(defect)) * CLASS_STRIDE  # classes never share a render
-    return synthetic.render_sample(seed, offset + int(index), size, defect=defect).image
+    defect = GOOD if label == "good" else label
+    offset = (1 + (GOOD, *DEFECTS).index(defect)) * CLASS_STRIDE  # classes never share a render
+    return render_sample(seed, offset + int(index), size, defect=defect).image
 
 
 def _digest(root: str, key: str) -> str:
@@ -43,19 +44,17 @@ def _split(classes: tuple[str, ...], per_class: int, seed: int, size: int) -> Im
 
 
 def load_synthetic(spec: str = "synthetic") -> DatasetSplits:
-    from adapt.data import synthetic
-
     body = spec.split(":", 1)[1] if ":" in spec else ""
     size = IMAGE_SIZE
     if "@" in body:
         body, size_text = body.rsplit("@", 1)
         size = int(size_text)
     classes = tuple(c.strip() for c in body.split(",") if c.strip()) or DEFAULT_CLASSES
-    known = {"good", *synthetic.DEFECTS}
+    known = {"good", *DEFECTS}
     unknown = [c for c in classes if c not in known]
     if unknown:
         raise DataError(f"unknown synthetic class(es) {unknown}; known: {sorted(known)}")
     train = _split(classes, TRAIN_PER_CLASS, TRAIN_SEED, size)
     test = _split(classes, TEST_PER_CLASS, TEST_SEED, size)
-    descriptions = {c: synthetic.class_description(c) for c in classes}
+    descriptions = {c: class_description(c) for c in classes}
     return DatasetSplits(f"synthetic:{','.join(classes)}@{size}", train, test, descriptions=descriptions)

@@ -18,7 +18,15 @@ import numpy as np
 import onnxruntime as ort
 
 from adapt.contract.imageio import bytes_to_model_pixels
-from adapt.contract.modelmeta import INPUT_NAME, OUTPUT_NAME, ClassifierMetadata, MetadataError, ort_providers, read_session
+from adapt.contract.modelmeta import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ClassifierMetadata,
+    MetadataError,
+    ort_providers,
+    read_session,
+)
+from adapt.errors import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +79,7 @@ class OnnxClassifier:
                 str(self.path), options, providers=list(runtime.providers) or ort_providers()
             )
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise ModelLoadError(f"{self.path}: cannot load ONNX model ({_first_line(exc)})") from exc
+            raise ModelLoadError(f"{self.path}: cannot load ONNX model ({first_line(exc)})") from exc
         try:
             self.metadata = read_session(self._session, str(self.path))
         except MetadataError as exc:
@@ -126,13 +134,6 @@ def _check_signature(session: ort.InferenceSession, meta: ClassifierMetadata, pa
 
 def _file_digest(path: Path) -> str:
     """A short content hash: the version of a model file that records none."""
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+        return hashlib.file_digest(fh, "sha256").hexdigest()[:12]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -23,6 +23,7 @@ from adapt.contract.model_uri import (
     parse_model_uri,
     tracking_uri_or_default,
 )
+from adapt.errors import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class RegistrySource:
             client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
             return str(client.get_model_version_by_alias(self.ref.name, self.ref.alias).version)
         except Exception as exc:  # MlflowException, connection errors, ...
-            raise SourceError(f"{self.uri}: cannot resolve alias ({_first_line(exc)})") from exc
+            raise SourceError(f"{self.uri}: cannot resolve alias ({first_line(exc)})") from exc
 
     def fetch(self, token: str) -> Artifact:
         path, tmp = download_onnx(self.ref.name, token, self.tracking_uri)
@@ -130,7 +131,7 @@ def download_onnx(name: str, version: str, tracking_uri: str) -> tuple[Path, Pat
         raise
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SourceError(f"models:/{name}/{version}: cannot download ({_first_line(exc)})") from exc
+        raise SourceError(f"models:/{name}/{version}: cannot download ({first_line(exc)})") from exc
 
 
 def open_source(uri: str, tracking_uri: str | None = None) -> ModelSource:
@@ -139,7 +140,3 @@ def open_source(uri: str, tracking_uri: str | None = None) -> ModelSource:
         return RegistrySource(uri, tracking_uri)
     return FileSource(uri)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from serving_fixtures import make_tiny_onnx
 
-from adapt.tracking.runs import registry
+from adapt.tracking import registry
 from adapt.tracking.registry import CHALLENGER, CHAMPION, decide, gate, register_version
 from adapt.tracking.runs import log_classifier_model, start_run
 from adapt.tracking.store import mlflow_client

@@ -140,3 +140,32 @@ def test_feedback_store_joins_the_training_pool_only(parts, tmp_path, capsys):
     assert main(["-q", "retrain", "--data", str(parts), "--method", "linear", "--shots", "4", "--include", str(feedback),
                  "--output-dir", str(tmp_path / "run2")] + _tiny(TINY)) == 1
     assert "label(s) ['weird']" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_config_file_gives_defaults_and_flags_win(tmp_path):
+    from adapt.cli import build_parser, config_file
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("data: elpv\nmethod: tip-adapter\nshots: 4\noutput-dir: out\nhp: {beta_grid: '1,5'}\ninclude: feedback\n")
+    argv = ["retrain", "--config", str(cfg), "--shots", "8"]
+    parser = build_parser()
+    config_file.apply(parser, argv)
+    args = parser.parse_args(argv)
+    assert (args.data, args.method, args.shots, args.output_dir) == ("elpv", "tip-adapter", 8, "out")
+    assert args.hp == ["beta_grid=1,5"] and args.include == ["feedback"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text, message", [
+    ("data: elpv\nshotz: 3\n", "unknown option 'shotz'"),
+    ("method: nope\n", "must be one of"),
+    ("shots: many\n", "option 'shots'"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("data: [unclosed\n", "not valid YAML"),
+])
+def test_a_bad_config_file_fails_with_one_line(tmp_path, text, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "adapt", "retrain", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -252,8 +252,10 @@ def test_feedback_is_stored_as_a_dataset(stub, server):
     good = stub.Classify(pb.ClassifyRequest(image=image_bytes(10), request_id="fb-1"))
     stored = stub.SubmitFeedback(pb.SubmitFeedbackRequest(request_id="fb-1", label="defect", note="scratch at edge"))
     assert stored.stored_path == "defect/fb-1.png" and stored.predicted == good.label == "good"
-    # not classified here, image sent along
-    stub.SubmitFeedback(pb.SubmitFeedbackRequest(request_id="fb-2", label="good", image=image_bytes(20, fmt="JPEG")))
+    # not classified here, image sent along (through the client library)
+    with InspectionClient(server.address, timeout=10) as client:
+        sent = client.submit_feedback("fb-2", "good", image=image_bytes(20, fmt="JPEG"))
+    assert sent.stored_path == "good/fb-2.jpg"
     with open(data_dir / "feedback.csv", newline="") as fh:
         rows = {r["request_id"]: r for r in csv.DictReader(fh)}
     assert rows["fb-1"]["path"] == "defect/fb-1.png" and rows["fb-1"]["label"] == "defect"

@@ -70,7 +70,15 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from adapt.cli import config_file
+
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        config_file.apply(parser, argv)
+    except AdaptError as exc:
+        print(f"adapt: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

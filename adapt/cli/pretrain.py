@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from adapt.cli import config_file
+
 EPILOG = """\
 examples:
   adapt pretrain --data synthetic --model adapt-tiny --epochs 1
@@ -35,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", default=None, help="start from a named recipe (default, tiny); other flags override it")
+    config_file.add_option(p)
     p.add_argument("--data", default=None, help="comma-separated sources: synthetic, elpv, or manifest files (default: synthetic)")
     p.add_argument("--model", default=None, help="open_clip architecture (default: adapt-small)")
     p.add_argument("--init", default=None, help="start from these weights (checkpoint file, open_clip tag, 'imagenet' for "

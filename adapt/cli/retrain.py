@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from adapt.cli import checks
+from adapt.cli import checks, config_file
 from adapt.cli.common import add_backbone_options, parse_key_values
 from adapt.cli.tracking_options import add_tracking_options, make_hooks
 from adapt.errors import AdaptError
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG_TEMPLATE.format(hp_help=help_text()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    config_file.add_option(p)
     p.add_argument("--data", required=True, help="folder ROOT/<label>/*.png, CSV manifest path,label[,split], elpv[:4class][:mono|:poly], or synthetic")
     p.add_argument("--method", choices=METHODS, default="linear", help="adaptation method (default: %(default)s)")
     p.add_argument("--shots", type=int, default=16, help="labelled training images per class (default: %(default)s)")

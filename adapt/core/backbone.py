@@ -27,9 +27,9 @@ import open_clip
 import torch
 
 from adapt.core import imagenet
-from adapt.defaults import BUILTIN_ARCHS, DEFAULT_ARCH
 from adapt.core.encoders import EMBEDDING, STAGES, EncoderSpec, spec_for
-from adapt.errors import BackboneError
+from adapt.defaults import BUILTIN_ARCHS, DEFAULT_ARCH
+from adapt.errors import BackboneError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,9 @@ class Backbone:
         return f"{self.arch}@{self.pretrained}"
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def state_dict_hash(model: torch.nn.Module) -> str:
@@ -174,7 +171,7 @@ def _create(arch: str, checkpoint: str | None, device, precision) -> torch.nn.Mo
         return open_clip.create_model(arch, pretrained=checkpoint, device=device, precision=precision, force_preprocess_cfg=force_pp)
     except (RuntimeError, KeyError, ValueError) as exc:
         what = f"weights {checkpoint}" if checkpoint else "a random model"
-        raise BackboneError(f"cannot create {arch} with {what}: {_first_line(exc)}") from exc
+        raise BackboneError(f"cannot create {arch} with {what}: {first_line(exc)}") from exc
 
 
 def _create_from_dir(path: Path, arch: str, device, precision) -> tuple[torch.nn.Module, str, str]:
@@ -250,17 +247,13 @@ def _create_from_tag(arch: str, tag: str, device, precision) -> torch.nn.Module:
         hint = (
             "the model hub is unreachable and the weights are not cached"
             if offline
-            else f"download failed: {_first_line(exc)}"
+            else f"download failed: {first_line(exc)}"
         )
         raise BackboneError(
             f"cannot load pretrained tag '{tag}' for {arch}: {hint}. Download the checkpoint on a connected "
             f"machine and pass it as a file: --pretrained /path/to/open_clip_pytorch_model.bin"
         ) from exc
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def save_checkpoint(

@@ -218,14 +218,15 @@ def save_classifier(classifier: ImageClassifier, path: str | Path) -> Path:
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> ImageClassifier:
-    from open_clip.model import _build_vision_tower
+    import open_clip
 
     payload = torch.load(path, map_location=device, weights_only=True)
     if payload.get("format") != CLASSIFIER_FORMAT:
         raise ValueError(f"{path} is not an adapt classifier file")
     info = ClassifierInfo(**payload["info"])
     cfg = info.model_cfg
-    visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], cfg.get("quick_gelu", False), None)
+    # open_clip's model class from the config saved with the classifier; only its image tower is kept
+    visual = open_clip.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], quick_gelu=cfg.get("quick_gelu", False)).visual
     encoder = ImageEncoder(visual, EncoderSpec.from_dict(info.encoder))
     encoder.load_state_dict(payload["encoder_state"])
     head = HEADS[payload["head_kind"]].from_config(payload["head_config"])

@@ -18,18 +18,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from adapt.contract.imageio import ImageDecodeError, to_model_pixels
 from adapt.core.classifier import PixelNormalizer
 from adapt.data.images import ImageSet
+from adapt.defaults import cache_dir
 from adapt.errors import DataError
-from adapt.contract.imageio import ImageDecodeError, to_model_pixels
 
 logger = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("ADAPT_CACHE_DIR") or user_cache_dir("adapt"))
 
 
 class PixelDataset(Dataset):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
@@ -25,12 +24,10 @@ def class_text(name: str, descriptions: dict[str, str] | None = None) -> str:
 def text_class_embeddings(
     model, tokenizer, classes, descriptions=None, templates=DEFAULT_TEMPLATES, device="cpu"
 ) -> torch.Tensor:
-    """``[C, D]`` L2-normalised class embeddings: the mean of the normalised template embeddings."""
-    model = model.to(device)
-    rows = []
-    for name in classes:
-        words = class_text(name, descriptions)
-        tokens = tokenizer([t.format(words) for t in templates]).to(device)
-        emb = F.normalize(model.encode_text(tokens).float(), dim=-1).mean(dim=0)
-        rows.append(F.normalize(emb, dim=-1))
-    return torch.stack(rows).cpu()
+    """``[C, D]`` L2-normalised class embeddings: the mean of the normalised template embeddings
+    (``open_clip.build_zero_shot_classifier``)."""
+    import open_clip
+
+    words = [class_text(name, descriptions) for name in classes]
+    weights = open_clip.build_zero_shot_classifier(model.to(device), tokenizer, words, list(templates), device=device)
+    return weights.T.float().cpu()

@@ -80,7 +80,7 @@ def recipe_hash(arch: str, recipe: LitRecipe | dict | None = None) -> str:
 
 
 def default_dir(arch: str) -> Path:
-    from adapt.core.features import cache_dir
+    from adapt.defaults import cache_dir
 
     override = os.environ.get("ADAPT_DEFAULT_BACKBONE_DIR")
     return Path(override) if override else cache_dir() / "backbones" / f"{arch}-default-{recipe_hash(arch)}"

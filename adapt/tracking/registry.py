@@ -69,34 +69,18 @@ def _error_code(exc: BaseException) -> str:
 def registry_lock(client, tracking_uri: str, name: str, timeout_s: float = LOCK_TIMEOUT_S):
     """Serialise alias moves of registered model ``name`` across processes and hosts."""
     db = sqlite_path(tracking_uri)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: fall back to the registry lock
-        fcntl = None
-    if db is not None and fcntl is not None:
-        with _file_lock(db.expanduser().resolve().with_name(db.name + ".adapt-gate.lock"), timeout_s, fcntl):
-            yield
+    if db is not None:  # an embedded store: a lock file beside it (all its users share the file system)
+        from filelock import FileLock, Timeout
+
+        path = db.expanduser().resolve().with_name(db.name + ".adapt-gate.lock")
+        try:
+            with FileLock(str(path), timeout=timeout_s):
+                yield
+        except Timeout:
+            raise TrackingError(f"registry lock {path} still held after {timeout_s:.0f}s; is another adapt command stuck?") from None
     else:
         with _registry_mutex(client, name, timeout_s):
             yield
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, timeout_s: float, fcntl):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TrackingError(f"registry lock {path} still held after {timeout_s:.0f}s; is another adapt command stuck?") from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
@@ -322,9 +306,9 @@ def list_versions(client, name: str | None = None) -> list[VersionRow]:
 # ---------------------------------------------------------------- registered versions -> local files
 
 def _cache_root() -> Path:
-    from platformdirs import user_cache_dir
+    from adapt.defaults import cache_dir
 
-    return Path(os.environ.get("ADAPT_CACHE_DIR") or user_cache_dir("adapt")) / "registry"
+    return cache_dir() / "registry"
 
 
 def download_version(uri: str, tracking_uri: str | None = None):

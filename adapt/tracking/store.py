@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import socket
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from adapt.contract.model_uri import tracking_uri_or_default
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, first_line  # noqa: F401  (first_line: part of this module's API)
 
 logger = logging.getLogger(__name__)
 
@@ -48,21 +47,6 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 def default_experiment(kind: str, dataset: str) -> str:
     """Experiment name when none is given: one per command kind and dataset, e.g. ``retrain-elpv``."""
     return f"{kind}-{dataset}"
-
-
-_ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
-
-
-def first_line(exc: BaseException) -> str:
-    """A short one-line reason for ``exc`` (connection failures boiled down to their errno text)."""
-    text = str(exc).strip()
-    if "Max retries exceeded" in text or "Failed to establish a new connection" in text:
-        errno = _ERRNO.search(text)
-        return f"connection failed ({errno.group(0).strip() if errno else 'server unreachable'})"
-    if "Read timed out" in text:
-        return "the server did not answer in time (read timed out)"
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def mlflow_client(tracking_uri: str):

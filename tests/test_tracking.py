@@ -216,7 +216,7 @@ def test_unreachable_tracking_server_fails_before_any_work(parts, tmp_path, monk
 
 
 def test_tracking_failure_after_training_keeps_results_and_names_the_command_to_log_them(parts, tmp_path, monkeypatch):
-    import adapt.tracking.runs
+    import adapt.pipelines.retrain_tracking
     from adapt.tracking.store import TrackingError
 
     monkeypatch.chdir(tmp_path)
@@ -226,7 +226,7 @@ def test_tracking_failure_after_training_keeps_results_and_names_the_command_to_
         raise TrackingError("MLflow artifact upload failed at sqlite:///mlflow.db: connection failed ([Errno 111] Connection refused)")
 
     with monkeypatch.context() as m:
-        m.setattr(adapt.tracking.runs, "log_classifier_model", upload_fails)
+        m.setattr(adapt.pipelines.retrain_tracking, "log_classifier_model", upload_fails)
         rc, stdout, stderr = cli("retrain", "--data", parts, "--method", "linear", "--shots", 4, "--output-dir", "out", "--register", "later", *TINY)
     assert rc == 1
     assert "balanced accuracy" in stdout  # the summary is still printed

@@ -54,6 +54,7 @@ class RetrainConfig:
     strict_images: bool = False  # fail on unreadable images instead of skipping them
     model_name: str = ""  # recorded in the exported metadata
     include: list[str] = field(default_factory=list)  # extra labelled folders/CSVs for the train pool only (e.g. operator feedback)
+    unlabeled: str | None = None  # unlabeled images of the line (folder, CSV, elpv) for semi-supervised methods; test images are left out
     progress: bool = True
     use_feature_cache: bool = True
 
@@ -143,6 +144,13 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         "adapt_version": __version__,
         **{f"hp.{k}": v for k, v in asdict(method_cfg).items()},
     }
+    unlabeled = None
+    if cfg.unlabeled:
+        from adapt.data.unlabeled import load_unlabeled, unlabeled_fingerprint
+
+        unlabeled = load_unlabeled(cfg.unlabeled, exclude=data.test)
+        params.update({"unlabeled": cfg.unlabeled, "unlabeled_images": len(unlabeled), "unlabeled_fingerprint": unlabeled_fingerprint(unlabeled)})
+        logger.info("%d unlabeled image(s) from %s (fingerprint %s)", len(unlabeled), cfg.unlabeled, params["unlabeled_fingerprint"])
     hooks.started(params)
     counts = {"train_pool": len(data.train), "test": len(data.test), "few_shot_train": len(split.train), "few_shot_val": len(split.val)}
     hooks.dataset(data.name, params["dataset_fingerprint"], str(cfg.data), counts)
@@ -158,6 +166,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         use_feature_cache=cfg.use_feature_cache,
         lightning_loggers=hooks.lightning_loggers(),
         on_metrics=hooks.metrics,
+        unlabeled=unlabeled,
     )
     fitted = fit(cfg.method, ctx, method_cfg)
     timings["adapt_s"] = time.perf_counter() - t1

@@ -17,6 +17,7 @@ import torch
 from adapt.backbone import Backbone
 from adapt.classifier import ClassifierInfo
 from adapt.data.fewshot import FewShotSplit
+from adapt.data.images import ImageSet
 from adapt.encoders import ImageEncoder
 from adapt.method_names import Method
 
@@ -52,6 +53,7 @@ class AdaptContext:
     use_feature_cache: bool = True
     lightning_loggers: list = field(default_factory=list)  # extra Lightning loggers (tracking seam)
     on_metrics: Callable[[dict[str, float], int], None] | None = None  # curves from non-Lightning loops
+    unlabeled: ImageSet | None = None  # unlabeled images of the line (never test images), for semi-supervised methods
 
     @property
     def classes(self) -> tuple[str, ...]:

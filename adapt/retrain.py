@@ -62,6 +62,8 @@ class RetrainConfig:
         self.method = Method(self.method)
         if self.shots < 1:
             raise ValueError("shots must be >= 1")
+        if self.unlabeled and self.method is not Method.LINEAR:
+            raise ValueError(f"--unlabeled is used by --method linear only (measured: experiments/unlabeled/results.md), not {self.method.value}")
         if self.output_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             safe = str(self.data).replace("/", "_").replace(":", "-").strip("._") or "data"
@@ -153,6 +155,8 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         logger.info("%d unlabeled image(s) from %s (fingerprint %s)", len(unlabeled), cfg.unlabeled, params["unlabeled_fingerprint"])
     hooks.started(params)
     counts = {"train_pool": len(data.train), "test": len(data.test), "few_shot_train": len(split.train), "few_shot_val": len(split.val)}
+    if unlabeled is not None:
+        counts["unlabeled"] = len(unlabeled)
     hooks.dataset(data.name, params["dataset_fingerprint"], str(cfg.data), counts)
 
     t1 = time.perf_counter()

@@ -144,3 +144,72 @@ def features_fingerprint(keys: list[str] | tuple[str, ...]) -> str:
     for key in sorted(keys):
         h.update(key.encode() + b"\x1e")
     return h.hexdigest()[:16]
+
+
+@dataclass
+class SemiSupervisedFit:
+    """The chosen head: ``centroids`` (``None``: features used as they are) then ``model``."""
+
+    centroids: np.ndarray | None
+    model: LogisticRegression
+    params: dict
+    val_probabilities: np.ndarray | None
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64) if self.centroids is None else ClusterCentering(self.centroids)(x)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(self.transform(x))
+
+
+def fit_semisupervised(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, unlabeled: np.ndarray, *,
+                       c_grid, clusters=(0, 1, 2), spread_neighbors=(0, 10), seed: int = 0, max_iter: int = 2000,
+                       score=None, report=None) -> SemiSupervisedFit:
+    """Choose, on the few-shot validation split, how the unlabeled features enter a logistic regression:
+
+    - ``clusters``: 0 = features as they are, 1 = centred on the unlabeled mean, k = centred on the
+      nearest of k k-means centroids of the unlabeled features;
+    - ``spread_neighbors``: 0 = fit on the labelled images only, n = also on the unlabeled ones with
+      the labels ``LabelSpreading`` (n-NN graph) gives them, weighted class-balanced;
+    - ``C`` from ``c_grid``.
+
+    ``score(probs, labels)`` sorts higher-is-better (default: balanced accuracy, then log-loss);
+    ``report(params, score, step)`` sees every candidate. The first candidate wins ties, and the
+    candidates are ordered plain first, so the unlabeled data must earn its place on validation.
+    """
+    from adapt.methods.frozen import selection_score
+
+    score = score or selection_score
+    x, xv, unlabeled = (np.asarray(a, dtype=np.float64) for a in (x, xv, unlabeled))
+    best, step = None, 0
+    for k in clusters:
+        centroids = None if k == 0 else ClusterCentering.fit(unlabeled, k, seed=seed).centroids
+        t = (lambda a: a) if centroids is None else ClusterCentering(centroids)
+        xl, xval, u = t(x), t(xv), t(unlabeled)
+        for neighbors in spread_neighbors:
+            if neighbors:
+                guessed, _ = label_spread(xl, y, u, neighbors=neighbors)
+                xs, ys = np.concatenate([xl, u]), np.concatenate([y, guessed])
+                weights = np.concatenate([np.ones(len(y)), _class_balanced(guessed, y)])
+            else:
+                xs, ys, weights = xl, y, None
+            for c in c_grid:
+                model = fit_logistic(xs, ys, c, seed=seed, max_iter=max_iter, sample_weight=weights)
+                params = {"clusters": k, "spread_neighbors": neighbors, "C": float(c)}
+                probs = model.predict_proba(xval) if len(yv) else None
+                s = score(probs, yv) if len(yv) else (0.0, 0.0)
+                if report is not None:
+                    report(params, s, step)
+                step += 1
+                if best is None or s > best[0]:
+                    best = (s, SemiSupervisedFit(centroids, model, params, probs))
+    return best[1]
+
+
+def _class_balanced(guessed: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Weights that give each guessed class the total weight of its labelled images."""
+    w = np.zeros(len(guessed))
+    for cls in np.unique(guessed):
+        m = guessed == cls
+        w[m] = max(1, int(np.sum(y == cls))) / m.sum()
+    return w

@@ -85,8 +85,9 @@ def _without(images: ImageSet, held_out: ImageSet) -> ImageSet:
 
 
 def unlabeled_fingerprint(images: ImageSet) -> str:
-    """Identity of an unlabeled set: which images, by key and content digest (order-free)."""
+    """Identity of an unlabeled set: which images, by file name and content digest (order-free, and
+    the same for a folder and a CSV that list the same files)."""
     h = hashlib.sha256()
-    for key in sorted(images.keys):
-        h.update(f"{key}\x1f{images.digest(images.root, key)}\x1e".encode())
+    for item in sorted(f"{Path(key).name}\x1f{images.digest(images.root, key)}" for key in images.keys):
+        h.update(item.encode() + b"\x1e")
     return h.hexdigest()[:16]

@@ -30,6 +30,10 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, seed: int) -> Lo
 
 def fit_linear(ctx: AdaptContext, cfg: LinearConfig | None = None) -> FitResult:
     cfg = cfg or LinearConfig()
+    if ctx.unlabeled is not None:
+        from adapt.methods.linear_semisup import fit_linear_semisupervised
+
+        return fit_linear_semisupervised(ctx, cfg)
     train, y_train, val, y_val = (t.numpy() for t in frozen_features(ctx, "probe"))
     num_classes = len(ctx.classes)
     best = None

@@ -29,7 +29,7 @@ import numpy as np
 
 from adapt.data.sources import stratified_split
 from adapt.methods.frozen import selection_score
-from adapt.semisup import Centering, ClusterCentering, Whitening, fit_logistic, label_spread, self_train
+from adapt.semisup import Centering, ClusterCentering, Whitening, fit_logistic, fit_semisupervised, label_spread, self_train
 
 C_GRID = np.logspace(-2, 4, 13).tolist()  # the shipped LinearConfig grid
 C_GRID_SEMI = np.logspace(-2, 4, 7).tolist()
@@ -60,6 +60,9 @@ def choose(candidates, xv, yv):
 
 
 def run_method(name: str, xl, yl, xv, yv, u, seed: int):
+    if name == "auto":  # what `adapt retrain --method linear --unlabeled` ships (adapt.semisup.fit_semisupervised)
+        fitted = fit_semisupervised(xl, yl, xv, yv, u, c_grid=C_GRID, seed=seed)
+        return fitted.params, fitted.model, fitted.transform
     parts = name.split("+")
     kind = parts[-1] if parts[-1] in ("base", "st", "ls") else "base"
     transform = make_transform(parts[:-1] if parts[-1] in ("base", "st", "ls") else parts, u)

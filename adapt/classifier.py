@@ -147,7 +147,9 @@ class CenteredLinearHead(nn.Module):
         self.linear = LinearHead(weight, bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        nearest = torch.cdist(features, self.centroids).argmin(dim=1)
+        # squared distances written out (ONNX has no cdist); the |f|^2 term does not change the argmin
+        distances = (self.centroids * self.centroids).sum(dim=1) - 2.0 * features @ self.centroids.T
+        nearest = distances.argmin(dim=1)
         return self.linear(F.normalize(features - self.centroids[nearest], dim=-1))
 
     def config(self) -> dict:

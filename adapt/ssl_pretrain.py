@@ -55,7 +55,7 @@ class SslPretrainConfig:
     precision: str = "auto"
     checkpoint_every: int = 20  # optimiser steps between resumable checkpoints
     resume: bool = False
-    max_minutes: float | None = None  # wall-clock cap; the backbone is still written
+    max_minutes: float | None = 30.0  # wall-clock cap (the 2-core budget); the backbone is still written
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -156,7 +156,11 @@ def run_ssl_pretrain(cfg: SslPretrainConfig, loggers: list | None = None, callba
     logger.info("self-supervised (%s) adaptation of %s on %d unlabeled image(s) from %s: %d steps of %d x %d",
                 cfg.loss, backbone.describe(), len(images), cfg.data, total, cfg.batch_size, world)
     t0 = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    import warnings
+
+    with warnings.catch_warnings():  # the frozen batch-norm layers are in eval mode on purpose
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - t0
     if cfg.max_minutes and trainer.global_step < total:
         logger.warning("stopped by --max-minutes after %d of %d steps", trainer.global_step, total)

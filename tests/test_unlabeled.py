@@ -125,3 +125,23 @@ def test_ssl_pretrain_adapts_the_upper_tower_keeps_the_text_tower_and_loads_as_a
     assert any(not torch.equal(b[k], a[k]) for k in b if k.startswith("visual.trunk.blocks.6."))  # adapted upper blocks
     record = json.loads((out / "open_clip_config.json").read_text())["pretrain"]
     assert record["objective"] == "ssl" and record["unlabeled_images"] == 13
+
+
+@pytest.mark.integration
+def test_centered_linear_head_exports_to_onnx_with_parity(tiny_cnn_backbone, tmp_path):
+    from adapt.classifier import CenteredLinearHead, ClassifierInfo, ImageClassifier
+    from adapt.encoders import ImageEncoder
+    from adapt.export import export_onnx
+    from adapt.predict import predict_onnx  # noqa: F401  (the evaluation path reads the same file)
+
+    b = tiny_cnn_backbone
+    encoder = ImageEncoder(b.model.visual, b.encoder_spec("probe")).eval()
+    with torch.no_grad():
+        dim = encoder(torch.zeros(1, 3, 32, 32)).shape[1]
+    torch.manual_seed(0)
+    head = CenteredLinearHead(torch.nn.functional.normalize(torch.randn(2, dim), dim=-1), torch.randn(2, dim), torch.zeros(2))
+    info = ClassifierInfo(labels=["a", "b"], image_size=32, mean=list(b.mean), std=list(b.std), method="linear",
+                          backbone=b.describe(), arch=b.arch, model_cfg=b.model_cfg)
+    clf = ImageClassifier(encoder, head, info).eval()
+    path = export_onnx(clf, tmp_path / "model.onnx")  # checks ONNX Runtime against torch
+    assert path.is_file()

@@ -32,8 +32,8 @@ def _loss(name: str, temperature: float, distributed: bool) -> nn.Module:
 
 
 def trainable_parameters(visual: nn.Module, trainable_from: int) -> list[nn.Parameter]:
-    """Unlock the trunk blocks ``trainable_from`` .. last (timm EfficientNet ``blocks``) and the
-    final conv; everything else of the tower stays as it is."""
+    """Unlock the trunk blocks ``trainable_from`` .. last (timm EfficientNet ``blocks``); everything
+    else of the tower (stem, lower blocks, final conv and projection) stays as it is."""
     trunk = visual.trunk
     for p in visual.parameters():
         p.requires_grad_(False)

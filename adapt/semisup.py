@@ -13,12 +13,14 @@ Plain numpy + scikit-learn on L2-normalised feature vectors (no torch), so the s
   features, then a logistic regression on the spread labels (so the result is still one linear
   head).
 
-Every hyper-parameter (C, threshold, ...) is chosen by the caller on the few-shot validation split.
+``fit_semisupervised`` is what ``adapt retrain --method linear --unlabeled`` ships (centering
+variants x label spreading x C, chosen on the few-shot validation split); ``Whitening`` and
+``self_train`` are the candidates that lost on the dev split (experiments/unlabeled/results.md),
+kept for that study.
 """
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 
@@ -136,14 +138,6 @@ def label_spread(x: np.ndarray, y: np.ndarray, unlabeled: np.ndarray, *, neighbo
         spread = LabelSpreading(kernel="knn", n_neighbors=neighbors, alpha=alpha, max_iter=max_iter).fit(xs, ys)
     dist = spread.label_distributions_[len(x):]
     return spread.classes_[dist.argmax(axis=1)], dist.max(axis=1)
-
-
-def features_fingerprint(keys: list[str] | tuple[str, ...]) -> str:
-    """Identity of an unlabeled set by its image keys (order-free)."""
-    h = hashlib.sha256()
-    for key in sorted(keys):
-        h.update(key.encode() + b"\x1e")
-    return h.hexdigest()[:16]
 
 
 @dataclass

@@ -14,6 +14,7 @@ examples:
   adapt pretrain --data pairs.csv --model ViT-B-16 --init /path/open_clip_pytorch_model.bin \\
       --accelerator gpu --devices 8 --num-nodes 2 --strategy ddp --batch-size 256
   adapt pretrain ... --output-dir runs/pt --resume       # continue after an interruption
+  adapt pretrain --objective ssl --data elpv --from default   # self-supervised, on unlabeled in-domain images
 
 The product's default backbone (adapt-effnet-lite0: ImageNet EfficientNet-Lite0 + a LiT text tower) is
 built automatically, in minutes, the first time `adapt retrain`/`adapt demo` need it.
@@ -36,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--objective", choices=("clip", "ssl"), default="clip",
+                   help="clip: contrastive on image-caption pairs; ssl: self-supervised adaptation of the image tower "
+                   "on unlabeled images (--data FOLDER|CSV|elpv, --from default|FILE) (default: %(default)s)")
     p.add_argument("--preset", default=None, help="start from a named recipe (default, tiny); other flags override it")
     config_file.add_option(p)
     p.add_argument("--data", default=None, help="comma-separated sources: synthetic, elpv, or manifest files (default: synthetic)")
@@ -67,12 +71,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     from adapt.cli.tracking_options import add_tracking_options
 
     add_tracking_options(p, registry=False)
+    from adapt.cli.pretrain_ssl import add_ssl_options
+
+    add_ssl_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from adapt.cli import checks
     from adapt.errors import AdaptError
+
+    if args.objective == "ssl":
+        from adapt.cli.pretrain_ssl import run_ssl
+
+        return run_ssl(args)
 
     data = [s.strip() for s in args.data.split(",") if s.strip()] if args.data else None
     checks.check_manifests(data or [])  # user errors first, in milliseconds

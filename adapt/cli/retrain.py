@@ -20,6 +20,7 @@ examples:
   adapt retrain --data parts/ --method linear --shots 16 --seed 1
   adapt retrain --data elpv --method lora --shots 16 --hp rank=8 --hp epochs=80
   adapt retrain --data labels.csv --method tip-adapter --hp finetune=true --output-dir runs/tip
+  adapt retrain --data elpv --method linear --shots 16 --unlabeled elpv      # semi-supervised: + unlabeled images
 
 hyper-parameters (--hp KEY=VALUE; lists comma-separated) per method, with their defaults:
 {hp_help}
@@ -47,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", default=None, help="where model.onnx, metrics.json, confusion_matrix.png go (default: runs/retrain/<name>)")
     p.add_argument("--include", action="append", metavar="DIR|CSV", default=[],
                    help="more labelled images for the training pool only (repeatable), e.g. the feedback folder of `adapt serve`")
+    p.add_argument("--unlabeled", default=None, metavar="DIR|CSV|elpv",
+                   help="unlabeled images of the same line for semi-supervised adaptation (method linear): a folder, a CSV "
+                   "with a path column, or elpv (its train pool); held-out test images in it are left out")
     p.add_argument("--test-fraction", type=float, default=0.25, help="held-out share when the data has no test split (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them with a warning")
     p.add_argument("--review-accuracy", type=float, default=0.95, help="reject threshold: lowest confidence at which accepted validation predictions reach this accuracy (default: %(default)s)")
@@ -63,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     checks.check_data(args.data)  # user errors first, in milliseconds
     for extra in args.include:
         checks.check_data(extra, "--include")
+    if args.unlabeled:
+        checks.check_data(args.unlabeled, "--unlabeled")
     checks.check_weights(args.pretrained)
     hparams, descriptions = parse_key_values(args.hp, "--hp"), parse_key_values(args.describe, "--describe")
     try:
@@ -92,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             test_fraction=args.test_fraction,
             strict_images=args.strict,
             include=args.include,
+            unlabeled=args.unlabeled,
             progress=not args.quiet,
             use_feature_cache=not args.no_cache,
             model_name=args.register or "",

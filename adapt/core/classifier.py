@@ -135,7 +135,33 @@ class TipAdapterHead(nn.Module):
                    cfg.get("text_weight_scale", 1.0))
 
 
-HEADS = {h.kind: h for h in (CosineHead, LinearHead, TipAdapterHead)}
+class CenteredLinearHead(nn.Module):
+    """``normalize(f - c(f)) @ W.T + b`` with ``c(f)`` the nearest of fixed centroids (one centroid:
+    plain centering). The centroids come from a line's unlabeled images (``adapt.methods.semisup``)."""
+
+    kind = "centered-linear"
+
+    def __init__(self, centroids: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("centroids", centroids.detach().float())
+        self.linear = LinearHead(weight, bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # squared distances written out (ONNX has no cdist); the |f|^2 term does not change the argmin
+        distances = (self.centroids * self.centroids).sum(dim=1) - 2.0 * features @ self.centroids.T
+        nearest = distances.argmin(dim=1)
+        return self.linear(F.normalize(features - self.centroids[nearest], dim=-1))
+
+    def config(self) -> dict:
+        return {"clusters": self.centroids.shape[0], **self.linear.config()}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "CenteredLinearHead":
+        n, d = cfg["num_classes"], cfg["dim"]
+        return cls(torch.zeros(cfg["clusters"], d), torch.zeros(n, d), torch.zeros(n))
+
+
+HEADS = {h.kind: h for h in (CosineHead, LinearHead, TipAdapterHead, CenteredLinearHead)}
 
 
 @dataclass

@@ -17,8 +17,9 @@ import torch
 
 from adapt.core.backbone import Backbone
 from adapt.core.classifier import ClassifierInfo
-from adapt.data.fewshot import FewShotSplit
 from adapt.core.encoders import ImageEncoder
+from adapt.data.fewshot import FewShotSplit
+from adapt.data.images import ImageSet
 from adapt.methods.names import Method
 
 
@@ -68,6 +69,7 @@ class AdaptContext:
     use_feature_cache: bool = True
     train: TrainLoop | None = None  # the loop for methods that train (CoOp, LoRA, Tip-Adapter-F)
     on_metrics: Callable[[dict[str, float], int], None] | None = None  # curves from loops that are not ``train``
+    unlabeled: ImageSet | None = None  # unlabeled images of the line (never test images), for semi-supervised methods
 
     @property
     def classes(self) -> tuple[str, ...]:

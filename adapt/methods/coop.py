@@ -8,7 +8,6 @@ embeddings at the end, so the exported classifier is a plain cosine head.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import TextTransformer, text_global_pool
@@ -17,9 +16,9 @@ from torch import nn
 from adapt.core.classifier import CosineHead, ImageClassifier
 from adapt.errors import AdaptError
 from adapt.methods.base import AdaptContext, FitResult, Method, TrainConfig
+from adapt.methods.configs import CoOpConfig
 from adapt.methods.frozen import frozen_features, logit_scale
 from adapt.methods.prompts import class_text
-from adapt.methods.configs import CoOpConfig
 
 
 class TextTower(nn.Module):

@@ -41,3 +41,12 @@ def selection_score(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float
     recalls = [np.mean(pred[labels == c] == c) for c in np.unique(labels)]
     loss = -np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)))
     return (float(np.mean(recalls)), -float(loss))
+
+
+def logistic_weights(model, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn stores one row for two classes; softmax over ``[0, z]`` equals its sigmoid."""
+    coef, intercept = model.coef_.astype(np.float32), model.intercept_.astype(np.float32)
+    if coef.shape[0] == 1 and num_classes == 2:
+        coef = np.concatenate([np.zeros_like(coef), coef])
+        intercept = np.concatenate([np.zeros_like(intercept), intercept])
+    return coef, intercept

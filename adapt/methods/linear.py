@@ -16,8 +16,8 @@ from sklearn.linear_model import LogisticRegression
 
 from adapt.core.classifier import ImageClassifier, LinearHead
 from adapt.methods.base import AdaptContext, FitResult, Method
-from adapt.methods.frozen import frozen_features, selection_score
 from adapt.methods.configs import LinearConfig
+from adapt.methods.frozen import frozen_features, logistic_weights, selection_score
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,10 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, seed: int) -> Lo
 
 def fit_linear(ctx: AdaptContext, cfg: LinearConfig | None = None) -> FitResult:
     cfg = cfg or LinearConfig()
+    if ctx.unlabeled is not None:
+        from adapt.methods.linear_semisup import fit_linear_semisupervised
+
+        return fit_linear_semisupervised(ctx, cfg)
     train, y_train, val, y_val = (t.numpy() for t in frozen_features(ctx, "probe"))
     num_classes = len(ctx.classes)
     best = None
@@ -43,18 +47,9 @@ def fit_linear(ctx: AdaptContext, cfg: LinearConfig | None = None) -> FitResult:
         logger.warning("no validation images: using C=1.0")
         best = ((0.0, 0.0), 1.0, _fit(train, y_train, 1.0, cfg.max_iter, ctx.seed))
     _, c, model = best
-    weight, bias = _full_weights(model, num_classes)
+    weight, bias = logistic_weights(model, num_classes)
     head = LinearHead(torch.from_numpy(weight), torch.from_numpy(bias))
     info = ctx.info(Method.LINEAR, {"C": c})
     clf = ImageClassifier(ctx.encoder("probe"), head, info).eval()
     val_probs = model.predict_proba(val) if len(val) else None
     return FitResult(clf, params={"C": c, "c_grid": cfg.c_grid}, val_probabilities=val_probs)
-
-
-def _full_weights(model: LogisticRegression, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """sklearn stores one row for two classes; softmax over ``[0, z]`` equals its sigmoid."""
-    coef, intercept = model.coef_.astype(np.float32), model.intercept_.astype(np.float32)
-    if coef.shape[0] == 1 and num_classes == 2:
-        coef = np.concatenate([np.zeros_like(coef), coef])
-        intercept = np.concatenate([np.zeros_like(intercept), intercept])
-    return coef, intercept

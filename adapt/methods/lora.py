@@ -28,12 +28,12 @@ from torch.utils.data import Dataset
 
 from adapt.core.classifier import CosineHead, ImageClassifier, PixelNormalizer
 from adapt.core.encoders import ImageEncoder, freeze_norm_stats
-from adapt.errors import AdaptError
 from adapt.core.features import labels_tensor, load_pixels
+from adapt.errors import AdaptError
 from adapt.methods.base import AdaptContext, FitResult, Method, TrainConfig
+from adapt.methods.configs import LoraConfig
 from adapt.methods.frozen import logit_scale
 from adapt.methods.prompts import DEFAULT_TEMPLATES, class_text
-from adapt.methods.configs import LoraConfig
 
 logger = logging.getLogger(__name__)
 

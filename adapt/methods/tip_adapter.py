@@ -10,15 +10,19 @@ best epoch is chosen on validation, and alpha/beta are searched again.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from adapt.core.classifier import ImageClassifier, TipAdapterHead
 from adapt.methods.base import AdaptContext, FitResult, Method
-from adapt.methods.frozen import class_embeddings, frozen_features, logit_scale, selection_score
 from adapt.methods.configs import TipAdapterConfig
+from adapt.methods.frozen import (
+    class_embeddings,
+    frozen_features,
+    logit_scale,
+    selection_score,
+)
 
 
 def _search(head: TipAdapterHead, cfg: TipAdapterConfig, val, y_val, ctx: AdaptContext) -> tuple[float, float, float]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import torch
 
 from adapt.core.classifier import CosineHead, ImageClassifier
-from adapt.methods.base import AdaptContext, FitResult, Method
 from adapt.core.features import cached_features
-from adapt.methods.frozen import class_embeddings, logit_scale
+from adapt.methods.base import AdaptContext, FitResult, Method
 from adapt.methods.configs import ZeroShotConfig
+from adapt.methods.frozen import class_embeddings, logit_scale
 
 
 def fit_zeroshot(ctx: AdaptContext, cfg: ZeroShotConfig | None = None) -> FitResult:

@@ -55,6 +55,7 @@ class RetrainConfig:
     strict_images: bool = False  # fail on unreadable images instead of skipping them
     model_name: str = ""  # recorded in the exported metadata
     include: list[str] = field(default_factory=list)  # extra labelled folders/CSVs for the train pool only (e.g. operator feedback)
+    unlabeled: str | None = None  # unlabeled images of the line (folder, CSV, elpv) for semi-supervised methods; test images are left out
     progress: bool = True
     use_feature_cache: bool = True
 
@@ -62,6 +63,8 @@ class RetrainConfig:
         self.method = Method(self.method)
         if self.shots < 1:
             raise ValueError("shots must be >= 1")
+        if self.unlabeled and self.method is not Method.LINEAR:
+            raise ValueError(f"--unlabeled is used by --method linear only (measured: experiments/unlabeled/results.md), not {self.method.value}")
         if self.output_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             safe = str(self.data).replace("/", "_").replace(":", "-").strip("._") or "data"
@@ -114,7 +117,7 @@ def _with_extra_training_images(data, include: list[str], strict: bool):
     return DatasetSplits(data.name, train, data.test, data.descriptions)  # same classes, same order: extras add none
 
 
-def retrain_context(cfg: RetrainConfig, backbone, split, descriptions: dict[str, str], hooks: RunHooks) -> AdaptContext:
+def retrain_context(cfg: RetrainConfig, backbone, split, descriptions: dict[str, str], hooks: RunHooks, unlabeled=None) -> AdaptContext:
     """What the methods get: the data, the device, and the Lightning loop bound to that device and the run's loggers."""
     from adapt.training.supervised import loop
 
@@ -128,6 +131,7 @@ def retrain_context(cfg: RetrainConfig, backbone, split, descriptions: dict[str,
         use_feature_cache=cfg.use_feature_cache,
         train=loop(device=cfg.device, loggers=hooks.lightning_loggers(), progress=cfg.progress, seed=cfg.seed),
         on_metrics=hooks.metrics,
+        unlabeled=unlabeled,
     )
 
 
@@ -161,12 +165,21 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         "adapt_version": __version__,
         **{f"hp.{k}": v for k, v in asdict(method_cfg).items()},
     }
+    unlabeled = None
+    if cfg.unlabeled:
+        from adapt.data.unlabeled import load_unlabeled, unlabeled_fingerprint
+
+        unlabeled = load_unlabeled(cfg.unlabeled, exclude=data.test)
+        params.update({"unlabeled": cfg.unlabeled, "unlabeled_images": len(unlabeled), "unlabeled_fingerprint": unlabeled_fingerprint(unlabeled)})
+        logger.info("%d unlabeled image(s) from %s (fingerprint %s)", len(unlabeled), cfg.unlabeled, params["unlabeled_fingerprint"])
     hooks.started(params)
     counts = {"train_pool": len(data.train), "test": len(data.test), "few_shot_train": len(split.train), "few_shot_val": len(split.val)}
+    if unlabeled is not None:
+        counts["unlabeled"] = len(unlabeled)
     hooks.dataset(data.name, params["dataset_fingerprint"], str(cfg.data), counts)
 
     t1 = time.perf_counter()
-    fitted = fit(cfg.method, retrain_context(cfg, backbone, split, descriptions, hooks), method_cfg)
+    fitted = fit(cfg.method, retrain_context(cfg, backbone, split, descriptions, hooks, unlabeled), method_cfg)
     timings["adapt_s"] = time.perf_counter() - t1
     params.update({f"chosen.{k}": v for k, v in fitted.params.items() if not isinstance(v, (list, dict))})
 

@@ -163,6 +163,7 @@ def fit_pretraining(
     loggers: list | None = None,
     callbacks: list | None = None,
     progress: bool = True,
+    log_every_n_steps: int = 10,
 ) -> L.Trainer:
     """Run ``module`` on ``train_data`` with a Lightning Trainer placed by ``devices`` (DDP etc.),
     writing a resumable ``last.ckpt`` into ``ckpt_dir`` every ``checkpoint_every`` steps; returns the trainer."""
@@ -179,7 +180,7 @@ def fit_pretraining(
         callbacks=[checkpoint, *(callbacks or [])],
         enable_progress_bar=progress,
         enable_model_summary=False,
-        log_every_n_steps=10,
+        log_every_n_steps=log_every_n_steps,
         use_distributed_sampler=True,
     )
     trainer.fit(module, train_data, ckpt_path=resume_from)

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapt.encoders import EncoderSpec, ImageEncoder
+from adapt.anomaly_head import PatchCoreHead
+from adapt.encoders import PATCHES, EncoderSpec, ImageEncoder
 from adapt.modelmeta import ClassifierMetadata
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class TipAdapterHead(nn.Module):
                    cfg.get("text_weight_scale", 1.0))
 
 
-HEADS = {h.kind: h for h in (CosineHead, LinearHead, TipAdapterHead)}
+HEADS = {h.kind: h for h in (CosineHead, LinearHead, TipAdapterHead, PatchCoreHead)}
 
 
 @dataclass
@@ -154,6 +155,7 @@ class ClassifierInfo:
     model_cfg: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # method hyper-parameters, for the record
     encoder: dict = field(default_factory=lambda: EncoderSpec().to_dict())  # adapt.encoders.EncoderSpec
+    anomaly_threshold: float = 0.0  # anomaly heads: patch score at the decision threshold (heatmap scale)
 
     def metadata(self, model_name: str = "", model_version: str = "") -> ClassifierMetadata:
         return ClassifierMetadata(
@@ -167,6 +169,7 @@ class ClassifierInfo:
             backbone=self.backbone,
             mean=list(self.mean),
             std=list(self.std),
+            anomaly_threshold=self.anomaly_threshold,
         )
 
 
@@ -190,7 +193,18 @@ class ImageClassifier(nn.Module):
         return list(self.info.labels)
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.encoder(self.normalize(pixels)), dim=-1)
+        features = self.encoder(self.normalize(pixels))
+        return features if self.encoder.spec.parts == (PATCHES,) else F.normalize(features, dim=-1)
+
+    @property
+    def has_anomaly_map(self) -> bool:
+        """Whether ``forward_with_map`` gives a map of where the model sees a defect."""
+        return hasattr(self.head, "forward_with_map")
+
+    def forward_with_map(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities ``[N, C]``, anomaly map ``[N, h, w]``) for heads that have one."""
+        logits, anomaly_map = self.head.forward_with_map(self.features(pixels))
+        return torch.softmax(logits, dim=-1), anomaly_map
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixels))

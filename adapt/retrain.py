@@ -56,11 +56,14 @@ class RetrainConfig:
     include: list[str] = field(default_factory=list)  # extra labelled folders/CSVs for the train pool only (e.g. operator feedback)
     progress: bool = True
     use_feature_cache: bool = True
+    good_label: str = ""  # anomaly methods (patchcore): the class to learn from; every other class is "defective"
 
     def __post_init__(self) -> None:
         self.method = Method(self.method)
         if self.shots < 1:
             raise ValueError("shots must be >= 1")
+        if self.method is Method.PATCHCORE and not self.good_label:
+            raise ValueError("--method patchcore needs --good-label LABEL (the class of good parts)")
         if self.output_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             safe = str(self.data).replace("/", "_").replace(":", "-").strip("._") or "data"
@@ -120,7 +123,14 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     method_cfg = make_config(cfg.method, cfg.hparams)  # bad hyper-parameters fail before any work
     data = load_dataset(cfg.data, test_fraction=cfg.test_fraction, strict=cfg.strict_images)
     data = _with_extra_training_images(data, cfg.include, cfg.strict_images)
-    split = few_shot_split(data.train, cfg.shots, cfg.seed, cfg.val_shots)
+    anomaly = None
+    if cfg.method is Method.PATCHCORE:  # binary good/defective; the bank sees K good images only
+        from adapt.data.anomaly import anomaly_split
+
+        anomaly = anomaly_split(data, cfg.good_label, cfg.shots, cfg.seed, cfg.val_shots)
+        data, split = anomaly.data, anomaly.split
+    else:
+        split = few_shot_split(data.train, cfg.shots, cfg.seed, cfg.val_shots)
     logger.info(
         "%s: %d classes, %d train + %d val few-shot images, %d held-out test images",
         data.name, len(data.classes), len(split.train), len(split.val), len(data.test),
@@ -143,6 +153,8 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         "adapt_version": __version__,
         **{f"hp.{k}": v for k, v in asdict(method_cfg).items()},
     }
+    if anomaly is not None:
+        params.update(good_label=cfg.good_label, defect_classes=list(anomaly.defect_classes))
     hooks.started(params)
     counts = {"train_pool": len(data.train), "test": len(data.test), "few_shot_train": len(split.train), "few_shot_val": len(split.val)}
     hooks.dataset(data.name, params["dataset_fingerprint"], str(cfg.data), counts)
@@ -186,6 +198,10 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     meta = classifier.info.metadata()
     probs = predict_onnx(model_path, data.test, meta, progress=cfg.progress)
     metrics = compute_metrics(probs, data.test.labels, data.classes, reject_threshold=threshold)
+    if anomaly is not None:
+        from adapt.data.anomaly import anomaly_metrics
+
+        metrics["anomaly"] = anomaly_metrics(probs, anomaly.test_kinds, cfg.good_label)
     timings["evaluate_s"] = time.perf_counter() - t3
     timings["total_s"] = time.perf_counter() - t0
     metrics.update(

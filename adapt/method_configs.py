@@ -128,10 +128,11 @@ class TipAdapterConfig:
 
 @dataclass
 class PatchCoreConfig:
-    stages: list[int] = hp(factory=lambda: [2, 3], help="CNN trunk stages whose maps make the patch features (first = the heatmap grid)")
+    stages: list[int] = hp(factory=lambda: [2], help="CNN trunk stages whose maps make the patch features (first = the heatmap grid)")
     pool: int = hp(3, "local neighbourhood (odd, pixels of each stage map) averaged into a patch feature")
     coreset_fraction: float = hp(0.1, "share of the good patches kept in the memory bank (greedy coreset)")
     max_bank: int = hp(8192, "most patches kept in the memory bank (bounds ONNX size and latency)")
+    augment: str = hp("dihedral", "good images also enter the bank as their flips and quarter turns ('dihedral', 8x patches) or not ('none')")
     good_quantile: float = hp(0.95, "threshold = this quantile of good validation scores when validation holds no defects")
     seed: int = hp(0, "seed of the coreset's random projection and start")
 
@@ -146,6 +147,8 @@ class PatchCoreConfig:
             raise ValueError("max_bank must be >= 1")
         if not 0 < self.good_quantile <= 1:
             raise ValueError("good_quantile must be in (0, 1]")
+        if self.augment not in ("none", "dihedral"):
+            raise ValueError(f"augment must be 'none' or 'dihedral', got {self.augment!r}")
 
 
 CONFIGS: dict[Method, type] = {

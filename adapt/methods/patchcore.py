@@ -1,11 +1,13 @@
 """PatchCore (Roth et al. 2022) on the frozen backbone: anomaly detection from good images only.
 
 The memory bank holds mid-level patch features (``adapt.encoders`` part ``patches``) of the good
-training images, reduced by a greedy k-center coreset (on a random projection, as in the paper)
-to ``coreset_fraction`` of the patches, at most ``max_bank``. An image's anomaly score is the
-distance of its worst patch to the nearest good patch (``adapt.anomaly_head``). The decision
-threshold is chosen on the few-shot validation split: the one with the best balanced accuracy
-when it holds defective images, else the ``good_quantile`` of the good images' scores.
+training images, by default also of their flips and quarter turns (``augment``: most surfaces
+have no preferred orientation, and a few good images then cover more of them), reduced by a
+greedy k-center coreset (on a random projection, as in the paper) to ``coreset_fraction`` of the
+patches, at most ``max_bank``. An image's anomaly score is the distance of its worst patch to the
+nearest good patch (``adapt.anomaly_head``). The decision threshold is chosen on the few-shot
+validation split: the one with the best balanced accuracy when it holds defective images, else
+the ``good_quantile`` of the good images' scores.
 
 Images of class 0 (``ctx.classes[0]``, the good label) build the bank; every other class counts as
 ``defective``. ``adapt.data.anomaly`` makes such a split from any labelled dataset.
@@ -39,6 +41,12 @@ def patch_features(encoder: ImageEncoder, normalize: PixelNormalizer, pixels: to
     encoder.eval()
     out = [encoder(normalize(pixels[i : i + batch_size])) for i in range(0, len(pixels), batch_size)]
     return torch.cat(out) if out else torch.empty(0)
+
+
+def dihedral(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` images and their 7 other flips / quarter turns: ``[8N, H, W, 3]``."""
+    turns = [torch.rot90(pixels, k, dims=(1, 2)) for k in range(4)]
+    return torch.cat(turns + [t.flip(2) for t in turns])
 
 
 @torch.no_grad()
@@ -96,7 +104,10 @@ def fit_patchcore(ctx: AdaptContext, cfg: PatchCoreConfig | None = None) -> FitR
     good_train = train.subset(np.flatnonzero(train.labels == 0))
     if not len(good_train):
         raise ValueError(f"patchcore needs training images of the good class '{ctx.classes[0]}'")
-    features = patch_features(encoder, normalize, load_pixels(good_train, b.image_size, b.resize_mode, ctx.progress).to(ctx.device)).cpu()
+    pixels = load_pixels(good_train, b.image_size, b.resize_mode, ctx.progress)
+    if cfg.augment == "dihedral":
+        pixels = dihedral(pixels)
+    features = patch_features(encoder, normalize, pixels.to(ctx.device)).cpu()
     grid = int(round(features.shape[1] ** 0.5))
     patches = features.flatten(0, 1)
     n_bank = max(1, min(cfg.max_bank, int(round(cfg.coreset_fraction * len(patches)))))
@@ -118,7 +129,7 @@ def fit_patchcore(ctx: AdaptContext, cfg: PatchCoreConfig | None = None) -> FitR
     head.threshold = choose_threshold(val_scores, defective, cfg.good_quantile)
     head.scale = float(max(good_scores.std(), 1e-3 * max(abs(head.threshold), 1e-6)))
     params = {
-        "stages": list(cfg.stages), "pool": cfg.pool, "bank_size": len(keep), "good_patches": len(patches),
+        "stages": list(cfg.stages), "pool": cfg.pool, "augment": cfg.augment, "bank_size": len(keep), "good_patches": len(patches),
         "feature_dim": int(patches.shape[1]), "grid": grid, "threshold": head.threshold, "scale": head.scale,
         "threshold_rule": "val_balanced_accuracy" if defective.any() else f"good_quantile_{cfg.good_quantile}",
     }

@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+
 class PatchCoreHead(nn.Module):
     """``[N, P, D]`` patch features -> logits ``[N, 2]`` (good, defective); see the module docstring."""
 
@@ -61,5 +62,5 @@ class PatchCoreHead(nn.Module):
         return {"bank_size": self.bank.shape[0], "dim": self.bank.shape[1], "threshold": self.threshold, "scale": self.scale, "grid": self.grid}
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "PatchCoreHead":
+    def from_config(cls, cfg: dict) -> PatchCoreHead:
         return cls(torch.zeros(cfg["bank_size"], cfg["dim"]), cfg["threshold"], cfg["scale"], cfg["grid"])

@@ -108,9 +108,9 @@ def fit_patchcore(ctx: AdaptContext, cfg: PatchCoreConfig | None = None) -> FitR
     if cfg.augment == "dihedral":
         pixels = dihedral(pixels)
     features = patch_features(encoder, normalize, pixels.to(ctx.device)).cpu()
-    grid = int(round(features.shape[1] ** 0.5))
+    grid = round(features.shape[1] ** 0.5)
     patches = features.flatten(0, 1)
-    n_bank = max(1, min(cfg.max_bank, int(round(cfg.coreset_fraction * len(patches)))))
+    n_bank = max(1, min(cfg.max_bank, round(cfg.coreset_fraction * len(patches))))
     keep = greedy_coreset(patches, n_bank, cfg.seed)
     logger.info("patchcore: memory bank of %d of %d good patches (dim %d, grid %dx%d)", len(keep), len(patches), patches.shape[1], grid, grid)
     head = PatchCoreHead(patches[keep], threshold=0.0, scale=1.0, grid=grid)

@@ -28,7 +28,13 @@ from adapt.export import export_onnx, ort_session
 from adapt.features import load_pixels
 from adapt.method_configs import PatchCoreConfig
 from adapt.methods.base import AdaptContext, Method
-from adapt.methods.patchcore import choose_threshold, greedy_coreset, image_scores, patch_encoder, patch_features
+from adapt.methods.patchcore import (
+    choose_threshold,
+    greedy_coreset,
+    image_scores,
+    patch_encoder,
+    patch_features,
+)
 from adapt.modelmeta import INPUT_NAME, OUTPUT_NAME
 
 
@@ -60,7 +66,7 @@ def main() -> None:
     test_pixels = load_pixels(test, b.image_size, b.resize_mode, progress=False)
     print(f"features {time.time() - t:.0f}s", flush=True)
     patches = good.flatten(0, 1)
-    grid = int(round(good.shape[1] ** 0.5))
+    grid = round(good.shape[1] ** 0.5)
     for n in args.sizes:
         t = time.time()
         keep = greedy_coreset(patches, min(n, len(patches)))

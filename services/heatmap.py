@@ -2,7 +2,7 @@
 
 Only numpy and Pillow (no torch): the grid is upsampled bilinearly to the model's input view and
 blended over it in colour, scaled so that the decision threshold sits in the middle of the
-colour ramp (blue = like the good parts, red = twice the threshold or more).
+colour ramp (blue = half the threshold or less, like the good parts; red = 1.5x the threshold or more).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ def colour_ramp(v: np.ndarray) -> np.ndarray:
 def overlay_png(pixels: np.ndarray, grid: np.ndarray, threshold: float) -> bytes:
     """``pixels`` uint8[H, W, 3] (the model's input view) with ``grid`` float[h, w] overlaid, as PNG bytes."""
     h, w = pixels.shape[:2]
-    scale = 2.0 * threshold if threshold > 0 else float(grid.max()) or 1.0
+    t = threshold if threshold > 0 else (float(grid.max()) or 1.0) / 1.5
     up = np.asarray(Image.fromarray(grid.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))
-    heat = colour_ramp(np.clip(up / scale, 0.0, 1.0)).astype(np.float32)
+    heat = colour_ramp(np.clip((up - 0.5 * t) / t, 0.0, 1.0)).astype(np.float32)
     blended = (1 - OVERLAY_ALPHA) * pixels.astype(np.float32) + OVERLAY_ALPHA * heat
     buf = io.BytesIO()
     Image.fromarray(blended.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")

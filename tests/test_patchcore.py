@@ -153,3 +153,28 @@ def test_classify_heatmaps_writes_overlays_that_show_the_defect(server, tmp_path
     spot = overlays["a.heatmap.png"]
     redness = spot[..., 0] - spot[..., 2]
     assert redness[:10, :10].mean() > redness[16:, 16:].mean() + 50  # the top-left spot is drawn red
+
+
+def test_final_mlflow_metrics_carry_the_recall_of_each_defect_class():
+    from adapt.tracking import final_metrics
+
+    metrics = {"accuracy": 0.9, "n": 10, "per_class": {}, "anomaly": {"defect_recall": {"scratch": 0.5, "spot": 1.0}}}
+    assert final_metrics(metrics)["defect_recall/scratch"] == 0.5 and final_metrics(metrics)["defect_recall/spot"] == 1.0
+
+
+def test_retrain_on_a_folder_of_good_parts_only_says_so_and_still_exports(tmp_path, tiny_cnn_arch, capsys):
+    import json
+
+    root = tmp_path / "good_only"
+    for i in range(12):
+        (root / "ok").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_spotted(32, False, i)).save(root / "ok" / f"{i}.png")
+    out = tmp_path / "run"
+    argv = ["--quiet", "retrain", "--data", str(root), "--method", "patchcore", "--good-label", "ok", "--shots", "4",
+            "--backbone", tiny_cnn_arch, "--pretrained", "imagenet", "--no-tracking", "--output-dir", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "no class besides 'ok'" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["labels"] == ["ok", DEFECTIVE] and metrics["anomaly"]["defect_recall"] == {}
+    assert (out / "model.onnx").is_file()

@@ -90,7 +90,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 session.run([OUTPUT_NAME], {INPUT_NAME: one})
                 times.append(time.perf_counter() - t0)
-            probs = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: test_pixels[i : i + 16].numpy()})[0] for i in range(0, len(test_pixels), 16)])
+            probs = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: test_pixels[i : i + 2].numpy()})[0] for i in range(0, len(test_pixels), 2)])
         y = test.labels != 0
         row = {"data": args.data, "shots": args.shots, "good_patches": len(patches), "bank": len(keep), "coreset_s": round(coreset_s, 1),
                "onnx_mb": round(size_mb, 2), "latency_ms_p50": round(1000 * float(np.median(times)), 1),

@@ -98,13 +98,13 @@ class InspectionClient:
         if logger.isEnabledFor(logging.DEBUG):  # reconnects are gRPC's; show them with -v
             self._channel.subscribe(lambda state: logger.debug("connection to %s: %s", target, state.name))
 
-    def classify(self, image: ImageInput, *, model: str = "", request_id: str = "") -> pb.ClassifyResponse:
-        """Classify one image (encoded bytes or a file path)."""
-        request = pb.ClassifyRequest(image=_read(image), model=model, request_id=request_id)
+    def classify(self, image: ImageInput, *, model: str = "", request_id: str = "", heatmap: bool = False) -> pb.ClassifyResponse:
+        """Classify one image (encoded bytes or a file path); ``heatmap``: also ask where the defect is."""
+        request = pb.ClassifyRequest(image=_read(image), model=model, request_id=request_id, heatmap=heatmap)
         return self._stub.Classify(request, timeout=self.timeout, metadata=self._metadata)
 
     def classify_many(
-        self, images: Iterable[ImageInput], *, stream: bool = True, model: str = ""
+        self, images: Iterable[ImageInput], *, stream: bool = True, model: str = "", heatmap: bool = False
     ) -> Iterator[pb.ClassifyResponse]:
         """Classify images in order, one response per image (check ``response.error`` when streaming).
 
@@ -114,11 +114,11 @@ class InspectionClient:
         """
         if not stream:
             for image in images:
-                yield self.classify(image, model=model)
+                yield self.classify(image, model=model, heatmap=heatmap)
             return
         images = list(images)
         requests = (
-            pb.ClassifyRequest(image=_read(image), model=model, request_id=uuid.uuid4().hex) for image in images
+            pb.ClassifyRequest(image=_read(image), model=model, request_id=uuid.uuid4().hex, heatmap=heatmap) for image in images
         )
         deadline = self.timeout * max(1, len(images))
         yield from self._stub.ClassifyStream(requests, timeout=deadline, metadata=self._metadata)

@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from adapt.contract.imageio import bytes_to_model_pixels
 from adapt.contract.modelmeta import (
+    HEATMAP_NAME,
     INPUT_NAME,
     OUTPUT_NAME,
     ClassifierMetadata,
@@ -89,6 +90,7 @@ class OnnxClassifier:
         self.version = version or self.metadata.model_version or _file_digest(self.path)
         self.loaded_at = time.time()
         self.providers = tuple(self._session.get_providers())
+        self.has_heatmap = HEATMAP_NAME in {o.name for o in self._session.get_outputs()}
 
     @property
     def labels(self) -> list[str]:
@@ -101,6 +103,12 @@ class OnnxClassifier:
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """``uint8[N, H, W, 3]`` -> ``float32[N, C]`` class probabilities."""
         return self._session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
+
+    def predict_with_heatmap(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``uint8[N, H, W, 3]`` -> (probabilities ``float32[N, C]``, anomaly map ``float32[N, h, w]``);
+        only for models with ``has_heatmap``."""
+        probabilities, heatmap = self._session.run([OUTPUT_NAME, HEATMAP_NAME], {INPUT_NAME: pixels})
+        return probabilities, heatmap
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run once per batch size so the first real requests don't pay for allocations."""

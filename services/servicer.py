@@ -54,6 +54,7 @@ class _Submitted:
     hosted: HostedModel | None = None
     future: object = None
     error: RequestError | None = None
+    heatmap: bool = False  # the request asked for a heatmap
 
 
 class InspectionServicer(pb_grpc.InspectionServiceServicer):
@@ -125,7 +126,7 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
 
     def _submit(self, request: pb.ClassifyRequest, deadline: float | None, started: float) -> _Submitted:
         # request.image is read once: each read of a protobuf bytes field is a copy
-        submitted = _Submitted(request.request_id or uuid.uuid4().hex, request.image, started)
+        submitted = _Submitted(request.request_id or uuid.uuid4().hex, request.image, started, heatmap=request.heatmap)
         try:
             if request.request_id:
                 _check(check_request_id, request.request_id)
@@ -162,7 +163,9 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         self.recent.put(
             submitted.request_id, RecentRequests.Entry(submitted.image, submitted.hosted.name, model.version, label)
         )
+        heatmap = _heatmap(model, submitted.image) if submitted.heatmap and getattr(model, "has_heatmap", False) else None
         return pb.ClassifyResponse(
+            heatmap=heatmap,
             label=label,
             scores=[pb.ClassScore(label=labels[i], probability=float(probabilities[i])) for i in order],
             needs_review=top < threshold,
@@ -212,6 +215,7 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
         info.resize_mode = str(meta.resize_mode)
         info.reject_threshold = hosted.reject_threshold(model)
         info.method, info.backbone = meta.method, meta.backbone
+        info.heatmap = bool(getattr(model, "has_heatmap", False))
         info.loaded_at.CopyFrom(_timestamp(model.loaded_at))
         return info
 
@@ -296,6 +300,18 @@ def _check(validator, value: str) -> None:
         validator(value)
     except ValueError as exc:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def _heatmap(model, image: bytes) -> pb.Heatmap:
+    """The anomaly map of one image (a second, unbatched run: only requests that ask pay for it)."""
+    from services.heatmap import heatmap_message
+
+    try:
+        pixels = model.preprocess(image)
+        _, grid = model.predict_with_heatmap(pixels[None])
+    except Exception as exc:  # onnxruntime raises its own types
+        raise RequestError(grpc.StatusCode.INTERNAL, f"heatmap failed: {exc}") from exc
+    return heatmap_message(pixels, grid[0], model.metadata.anomaly_threshold)
 
 
 def _deadline(context: grpc.ServicerContext) -> float | None:

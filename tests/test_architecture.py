@@ -130,3 +130,11 @@ def test_the_checker_sees_imports_inside_functions():
 def test_no_module_is_oversized():
     big = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not big, f"modules over {MAX_LINES} lines: {big}"
+
+
+@pytest.mark.unit
+def test_the_metadata_key_of_exported_models_is_stable():
+    """Models exported before the package moves carry this key; renaming modules must not rename it."""
+    from adapt.contract.modelmeta import METADATA_KEY
+
+    assert METADATA_KEY == "adapt.classifier"

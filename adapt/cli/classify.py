@@ -65,6 +65,11 @@ def register(subparsers) -> None:
         "--csv", metavar="FILE", help="write results as CSV to FILE ('-' = standard output) instead of a table"
     )
     p.add_argument(
+        "--heatmaps", metavar="DIR",
+        help="ask for heatmaps (anomaly models, e.g. patchcore) and write DIR/<image>.heatmap.png: the image as the "
+        "model sees it with the anomaly map overlaid (red = above the model's threshold)",
+    )
+    p.add_argument(
         "--stream",
         action="store_true",
         help="send all images over one streaming call (faster for many images) instead of one call each",
@@ -119,6 +124,14 @@ def run(args: argparse.Namespace) -> int:
         raise AdaptError(f"--watch: not a folder: {args.watch}")
     if args.wait_ready < 0:
         raise AdaptError("--wait-ready must be >= 0 seconds")
+    if args.heatmaps:
+        heatmaps = Path(args.heatmaps).expanduser().resolve()
+        if args.watch and heatmaps.is_relative_to(Path(args.watch).expanduser().resolve()):
+            raise AdaptError("--heatmaps must not be inside the --watch folder (the overlays would be classified)")
+        try:
+            heatmaps.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AdaptError(f"cannot create --heatmaps {args.heatmaps}: {exc.strerror or exc}") from exc
     output = _Output(args.csv)
     done = False
     try:
@@ -215,14 +228,18 @@ def _classify(client, files: list[Path], args: argparse.Namespace) -> list[Row]:
     if not files:
         return []
     rows = []
+    heatmap = bool(args.heatmaps)
     try:
         if args.stream:
-            for path, answer in zip(files, client.classify_many(files, stream=True, model=args.model), strict=True):
+            for path, answer in zip(files, client.classify_many(files, stream=True, model=args.model, heatmap=heatmap), strict=True):
                 rows.append(_row(path, answer))
+                _save_heatmap(path, answer, args.heatmaps)
         else:
             for path in files:
                 try:
-                    rows.append(_row(path, client.classify(path, model=args.model)))
+                    answer = client.classify(path, model=args.model, heatmap=heatmap)
+                    rows.append(_row(path, answer))
+                    _save_heatmap(path, answer, args.heatmaps)
                 except grpc.RpcError as err:
                     if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED):
                         raise
@@ -232,6 +249,18 @@ def _classify(client, files: list[Path], args: argparse.Namespace) -> list[Row]:
     except OSError as exc:
         raise AdaptError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     return rows
+
+
+def _save_heatmap(path: Path, answer, folder: str | None) -> None:
+    """Write the answer's heatmap overlay as FOLDER/<image name>.heatmap.png (a name already taken gets a suffix)."""
+    if not folder or not answer.HasField("heatmap"):
+        return
+    target = Path(folder).expanduser() / f"{path.stem}.heatmap.png"
+    n = 1
+    while target.exists():
+        target = target.with_name(f"{path.stem}-{n}.heatmap.png")
+        n += 1
+    target.write_bytes(answer.heatmap.overlay_png)
 
 
 def _row(path: Path, answer) -> Row:

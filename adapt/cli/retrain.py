@@ -21,6 +21,7 @@ examples:
   adapt retrain --data elpv --method lora --shots 16 --hp rank=8 --hp epochs=80
   adapt retrain --data labels.csv --method tip-adapter --hp finetune=true --output-dir runs/tip
   adapt retrain --data elpv --method linear --shots 16 --unlabeled elpv      # semi-supervised: + unlabeled images
+  adapt retrain --data parts/ --method patchcore --good-label ok --shots 16     # anomaly mode: good parts only
 
 hyper-parameters (--hp KEY=VALUE; lists comma-separated) per method, with their defaults:
 {hp_help}
@@ -41,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="folder ROOT/<label>/*.png, CSV manifest path,label[,split], elpv[:4class][:mono|:poly], or synthetic")
     p.add_argument("--method", choices=METHODS, default="linear", help="adaptation method (default: %(default)s)")
     p.add_argument("--shots", type=int, default=16, help="labelled training images per class (default: %(default)s)")
+    p.add_argument("--good-label", default="", metavar="LABEL",
+                   help="anomaly methods (patchcore): the class of good parts; --shots good images build the model, every other class is 'defective' and used only for validation and testing")
     p.add_argument("--val-shots", type=int, default=None, help="validation images per class from the training pool (default: same as --shots)")
     p.add_argument("--seed", type=int, default=1, help="seed for the few-shot draw and training (default: %(default)s)")
     p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="method hyper-parameter (repeatable; see below)")
@@ -77,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         raise AdaptError(f"--hp: {exc}") from exc
     if args.shots < 1:
         raise AdaptError("--shots must be >= 1")
+    if args.method == Method.PATCHCORE.value and not args.good_label:
+        raise AdaptError("--method patchcore needs --good-label LABEL (the class of good parts)")
+    if args.good_label and args.method != Method.PATCHCORE.value:
+        raise AdaptError(f"--good-label is for --method patchcore, not {args.method}")
     hooks = make_hooks(args)  # checks the tracking store in seconds, before heavy imports and any work
     from adapt.pipelines.retrain import RetrainConfig, run_retrain
 
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             use_feature_cache=not args.no_cache,
             model_name=args.register or "",
+            good_label=args.good_label,
         )
     except ValueError as exc:
         raise AdaptError(str(exc)) from exc
@@ -133,9 +141,20 @@ def summary(result) -> str:
         f"{m['dataset']} · {m['method']} · {m['shots']}-shot · seed {m['seed']}  (held-out test: {m['n']} images)",
         f"  accuracy {m['accuracy']:.1%}   balanced accuracy {m['balanced_accuracy']:.1%}   macro-F1 {m['macro_f1']:.3f}"
         + (f"   ROC-AUC {m['roc_auc']:.3f}" if "roc_auc" in m else ""),
+        *_anomaly_lines(m),
         f"  needs review: {m.get('needs_review_rate', 0):.1%} of images (threshold {m.get('reject_threshold', 0):.2f})",
         f"  model:   {result.model_path}",
         f"  metrics: {result.output_dir / 'metrics.json'}   confusion matrix: {result.output_dir / 'confusion_matrix.png'}",
         f"  time:    adapt {result.timings['adapt_s']:.1f}s, total {result.timings['total_s']:.1f}s",
     ]
     return "\n".join(lines)
+
+
+def _anomaly_lines(m: dict) -> list[str]:
+    if "anomaly" not in m:
+        return []
+    recall = m["anomaly"].get("defect_recall") or {}
+    if not recall:
+        return [f"  the data has no class besides '{m['anomaly']['good_label']}': threshold from good validation images only, "
+                "no defect recall measured (add defect images to validate)"]
+    return ["  recall per defect class: " + ", ".join(f"{k} {v:.1%}" for k, v in recall.items())]

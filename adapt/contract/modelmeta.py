@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
+HEATMAP_NAME = "anomaly_map"  # optional second output float32[N, h, w] (anomaly models): where the defect is
 METADATA_KEY = "adapt.classifier"  # JSON of ClassifierMetadata
 FORMAT_VERSION = 1
 
@@ -32,6 +33,8 @@ class ClassifierMetadata:
     backbone: str = ""  # backbone architecture + weights (informational)
     mean: list[float] = field(default_factory=list)  # normalisation done inside the graph
     std: list[float] = field(default_factory=list)
+    # Anomaly models (output ``anomaly_map``): the patch score at the decision threshold, for overlays.
+    anomaly_threshold: float = 0.0
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:

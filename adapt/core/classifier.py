@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapt.core.encoders import EncoderSpec, ImageEncoder
+from adapt.core.anomaly_head import PatchCoreHead
 from adapt.contract.modelmeta import ClassifierMetadata
+from adapt.core.encoders import PATCHES, EncoderSpec, ImageEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class CenteredLinearHead(nn.Module):
         return cls(torch.zeros(cfg["clusters"], d), torch.zeros(n, d), torch.zeros(n))
 
 
-HEADS = {h.kind: h for h in (CosineHead, LinearHead, TipAdapterHead, CenteredLinearHead)}
+HEADS = {h.kind: h for h in (CosineHead, LinearHead, TipAdapterHead, CenteredLinearHead, PatchCoreHead)}
 
 
 @dataclass
@@ -180,6 +181,7 @@ class ClassifierInfo:
     model_cfg: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # method hyper-parameters, for the record
     encoder: dict = field(default_factory=lambda: EncoderSpec().to_dict())  # adapt.core.encoders.EncoderSpec
+    anomaly_threshold: float = 0.0  # anomaly heads: patch score at the decision threshold (heatmap scale)
 
     def metadata(self, model_name: str = "", model_version: str = "") -> ClassifierMetadata:
         return ClassifierMetadata(
@@ -193,6 +195,7 @@ class ClassifierInfo:
             backbone=self.backbone,
             mean=list(self.mean),
             std=list(self.std),
+            anomaly_threshold=self.anomaly_threshold,
         )
 
 
@@ -216,7 +219,18 @@ class ImageClassifier(nn.Module):
         return list(self.info.labels)
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.encoder(self.normalize(pixels)), dim=-1)
+        features = self.encoder(self.normalize(pixels))
+        return features if self.encoder.spec.parts == (PATCHES,) else F.normalize(features, dim=-1)
+
+    @property
+    def has_anomaly_map(self) -> bool:
+        """Whether ``forward_with_map`` gives a map of where the model sees a defect."""
+        return hasattr(self.head, "forward_with_map")
+
+    def forward_with_map(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities ``[N, C]``, anomaly map ``[N, h, w]``) for heads that have one."""
+        logits, anomaly_map = self.head.forward_with_map(self.features(pixels))
+        return torch.softmax(logits, dim=-1), anomaly_map
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixels))

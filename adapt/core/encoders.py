@@ -9,6 +9,10 @@ more *parts*, each L2-normalised:
   ``forward_intermediates`` indices), each globally average-pooled and L2-normalised, then
   concatenated. Defects are small and local; mid-level maps keep them, where the last layer
   has pooled them into ImageNet object evidence (measured: experiments/backbone/).
+- ``patches`` (alone): the same stage maps kept spatial, for PatchCore (``adapt.core.anomaly_head``):
+  each map averaged over a ``pool x pool`` neighbourhood (stride 1), resized to the grid of the
+  first stage, L2-normalised per position and stage (measured better than raw maps on this
+  backbone: experiments/anomaly/), concatenated over channels: ``[N, grid * grid, D]``.
 
 A tower without intermediate stages (the ViTs) only has the embedding; asking it for
 ``stages`` gives the embedding instead, so every method works on every backbone.
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EMBEDDING, STAGES = "embedding", "stages"
+EMBEDDING, STAGES, PATCHES = "embedding", "stages", "patches"
 
 
 @dataclass(frozen=True)
@@ -31,24 +35,30 @@ class EncoderSpec:
 
     parts: tuple[str, ...] = (EMBEDDING,)
     stages: tuple[int, ...] = ()
+    pool: int = 1  # ``patches``: local neighbourhood averaged into each patch feature
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parts", tuple(self.parts))
         object.__setattr__(self, "stages", tuple(int(s) for s in self.stages))
-        if not self.parts or not set(self.parts) <= {EMBEDDING, STAGES}:
-            raise ValueError(f"encoder parts must be a non-empty subset of {EMBEDDING}, {STAGES}: {self.parts}")
-        if STAGES in self.parts and not self.stages:
-            raise ValueError("the 'stages' part needs stage indices")
+        if not self.parts or not set(self.parts) <= {EMBEDDING, STAGES, PATCHES}:
+            raise ValueError(f"encoder parts must be a non-empty subset of {EMBEDDING}, {STAGES}, {PATCHES}: {self.parts}")
+        if PATCHES in self.parts and self.parts != (PATCHES,):
+            raise ValueError("the 'patches' part cannot be combined with other parts")
+        if {STAGES, PATCHES} & set(self.parts) and not self.stages:
+            raise ValueError(f"the '{self.parts[-1]}' part needs stage indices")
+        if self.pool < 1 or self.pool % 2 == 0:
+            raise ValueError(f"pool must be an odd number >= 1, got {self.pool}")
 
     def to_dict(self) -> dict:
-        return {k: list(v) for k, v in asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "EncoderSpec":
         return cls(**(d or {}))
 
     def key(self) -> str:
-        return f"{'+'.join(self.parts)}:{','.join(map(str, self.stages))}"
+        pool = f":pool{self.pool}" if PATCHES in self.parts else ""
+        return f"{'+'.join(self.parts)}:{','.join(map(str, self.stages))}{pool}"
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,19 @@ def freeze_norm_stats(module: nn.Module) -> nn.Module:
     return module
 
 
+def patch_features(maps: list[torch.Tensor], pool: int) -> torch.Tensor:
+    """Stage maps ``[N, C_i, h_i, w_i]`` -> ``[N, h_0 * w_0, sum C_i]`` (see the module docstring)."""
+    size = maps[0].shape[-2:]
+    parts = []
+    for m in maps:
+        if pool > 1:
+            m = F.avg_pool2d(m, pool, stride=1, padding=pool // 2, count_include_pad=False)
+        if m.shape[-2:] != size:
+            m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        parts.append(F.normalize(m, dim=1))
+    return torch.cat(parts, dim=1).flatten(2).transpose(1, 2)
+
+
 class ImageEncoder(nn.Module):
     """normalised images ``[N, 3, H, W]`` -> features ``[N, D]`` (the parts of ``spec``, concatenated)."""
 
@@ -95,6 +118,8 @@ class ImageEncoder(nn.Module):
         trunk = self.visual.trunk
         need_embedding = EMBEDDING in self.spec.parts
         final, maps = trunk.forward_intermediates(x, indices=list(self.spec.stages), stop_early=not need_embedding)
+        if self.spec.parts == (PATCHES,):
+            return patch_features(maps, self.spec.pool)
         out = []
         for part in self.spec.parts:
             if part == EMBEDDING:

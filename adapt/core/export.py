@@ -20,7 +20,7 @@ import torch
 
 from adapt.core.classifier import ImageClassifier
 from adapt.errors import AdaptError
-from adapt.contract.modelmeta import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata, ort_providers
+from adapt.contract.modelmeta import HEATMAP_NAME, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata, ort_providers
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +43,14 @@ def export_onnx(
     size = classifier.info.image_size
     example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)  # batch >= 2 keeps the axis dynamic
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    graph, outputs = (_WithAnomalyMap(classifier), [OUTPUT_NAME, HEATMAP_NAME]) if classifier.has_anomaly_map else (classifier, [OUTPUT_NAME])
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            classifier,
+            graph,
             (example,),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=outputs,
             dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=4096)}},
             opset_version=OPSET,
             dynamo=True,
@@ -65,6 +66,17 @@ def export_onnx(
         err = check_parity(classifier, path)
         logger.info("exported %s (ONNX Runtime vs torch: max |dp| = %.2e)", path, err)
     return path
+
+
+class _WithAnomalyMap(torch.nn.Module):
+    """The exported forward of a classifier with an anomaly map: (probabilities, anomaly_map)."""
+
+    def __init__(self, classifier: ImageClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.classifier.forward_with_map(pixels)
 
 
 def set_metadata(model: onnx.ModelProto, metadata: ClassifierMetadata) -> None:
@@ -98,4 +110,11 @@ def check_parity(classifier: ImageClassifier, path: str | Path, n: int = 4, seed
     err = float(np.abs(expected - got).max())
     if not err <= tolerance:
         raise AdaptError(f"ONNX export parity check failed: max |p_onnx - p_torch| = {err:.2e} > {tolerance:.0e}")
+    if classifier.has_anomaly_map:
+        with torch.no_grad():
+            expected_map = reference.forward_with_map(torch.from_numpy(pixels))[1].numpy()
+        got_map = ort_session(path).run([HEATMAP_NAME], {INPUT_NAME: pixels})[0]
+        map_err = float(np.abs(expected_map - got_map).max() / max(1e-6, float(np.abs(expected_map).max())))
+        if not map_err <= 1e-3:
+            raise AdaptError(f"ONNX export parity check failed: anomaly map differs by {map_err:.2e} of its range (> 1e-3)")
     return err

@@ -18,6 +18,7 @@ FIT_FUNCTIONS = {
     Method.COOP: ("adapt.methods.coop", "fit_coop"),
     Method.LORA: ("adapt.methods.lora", "fit_lora"),
     Method.TIP_ADAPTER: ("adapt.methods.tip_adapter", "fit_tip_adapter"),
+    Method.PATCHCORE: ("adapt.methods.patchcore", "fit_patchcore"),
 }
 
 

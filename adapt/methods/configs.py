@@ -126,12 +126,38 @@ class TipAdapterConfig:
             raise ValueError("alpha_grid, beta_grid and text_weight_grid must not be empty")
 
 
+@dataclass
+class PatchCoreConfig:
+    stages: list[int] = hp(factory=lambda: [2], help="CNN trunk stages whose maps make the patch features (first = the heatmap grid)")
+    pool: int = hp(3, "local neighbourhood (odd, pixels of each stage map) averaged into a patch feature")
+    coreset_fraction: float = hp(0.1, "share of the good patches kept in the memory bank (greedy coreset)")
+    max_bank: int = hp(8192, "most patches kept in the memory bank (bounds ONNX size and latency)")
+    augment: str = hp("dihedral", "good images also enter the bank as their flips and quarter turns ('dihedral', 8x patches) or not ('none')")
+    good_quantile: float = hp(0.95, "threshold = this quantile of good validation scores when validation holds no defects")
+    seed: int = hp(0, "seed of the coreset's random projection and start")
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("stages must not be empty")
+        if self.pool < 1 or self.pool % 2 == 0:
+            raise ValueError(f"pool must be an odd number >= 1, got {self.pool}")
+        if not 0 < self.coreset_fraction <= 1:
+            raise ValueError("coreset_fraction must be in (0, 1]")
+        if self.max_bank < 1:
+            raise ValueError("max_bank must be >= 1")
+        if not 0 < self.good_quantile <= 1:
+            raise ValueError("good_quantile must be in (0, 1]")
+        if self.augment not in ("none", "dihedral"):
+            raise ValueError(f"augment must be 'none' or 'dihedral', got {self.augment!r}")
+
+
 CONFIGS: dict[Method, type] = {
     Method.ZEROSHOT: ZeroShotConfig,
     Method.LINEAR: LinearConfig,
     Method.COOP: CoOpConfig,
     Method.LORA: LoraConfig,
     Method.TIP_ADAPTER: TipAdapterConfig,
+    Method.PATCHCORE: PatchCoreConfig,
 }
 
 

@@ -15,3 +15,4 @@ class Method(str, Enum):
     COOP = "coop"
     LORA = "lora"
     TIP_ADAPTER = "tip-adapter"
+    PATCHCORE = "patchcore"  # anomaly mode: learns from good images only (--good-label)

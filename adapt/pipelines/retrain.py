@@ -58,6 +58,7 @@ class RetrainConfig:
     unlabeled: str | None = None  # unlabeled images of the line (folder, CSV, elpv) for semi-supervised methods; test images are left out
     progress: bool = True
     use_feature_cache: bool = True
+    good_label: str = ""  # anomaly methods (patchcore): the class to learn from; every other class is "defective"
 
     def __post_init__(self) -> None:
         self.method = Method(self.method)
@@ -65,6 +66,8 @@ class RetrainConfig:
             raise ValueError("shots must be >= 1")
         if self.unlabeled and self.method is not Method.LINEAR:
             raise ValueError(f"--unlabeled is used by --method linear only (measured: experiments/unlabeled/results.md), not {self.method.value}")
+        if self.method is Method.PATCHCORE and not self.good_label:
+            raise ValueError("--method patchcore needs --good-label LABEL (the class of good parts)")
         if self.output_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             safe = str(self.data).replace("/", "_").replace(":", "-").strip("._") or "data"
@@ -142,7 +145,14 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     method_cfg = make_config(cfg.method, cfg.hparams)  # bad hyper-parameters fail before any work
     data = load_dataset(cfg.data, test_fraction=cfg.test_fraction, strict=cfg.strict_images)
     data = _with_extra_training_images(data, cfg.include, cfg.strict_images)
-    split = few_shot_split(data.train, cfg.shots, cfg.seed, cfg.val_shots)
+    anomaly = None
+    if cfg.method is Method.PATCHCORE:  # binary good/defective; the bank sees K good images only
+        from adapt.data.anomaly import anomaly_split
+
+        anomaly = anomaly_split(data, cfg.good_label, cfg.shots, cfg.seed, cfg.val_shots)
+        data, split = anomaly.data, anomaly.split
+    else:
+        split = few_shot_split(data.train, cfg.shots, cfg.seed, cfg.val_shots)
     logger.info(
         "%s: %d classes, %d train + %d val few-shot images, %d held-out test images",
         data.name, len(data.classes), len(split.train), len(split.val), len(data.test),
@@ -172,6 +182,8 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         unlabeled = load_unlabeled(cfg.unlabeled, exclude=data.test)
         params.update({"unlabeled": cfg.unlabeled, "unlabeled_images": len(unlabeled), "unlabeled_fingerprint": unlabeled_fingerprint(unlabeled)})
         logger.info("%d unlabeled image(s) from %s (fingerprint %s)", len(unlabeled), cfg.unlabeled, params["unlabeled_fingerprint"])
+    if anomaly is not None:
+        params.update(good_label=cfg.good_label, defect_classes=list(anomaly.defect_classes))
     hooks.started(params)
     counts = {"train_pool": len(data.train), "test": len(data.test), "few_shot_train": len(split.train), "few_shot_val": len(split.val)}
     if unlabeled is not None:
@@ -206,6 +218,10 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     meta = classifier.info.metadata()
     probs = predict_onnx(model_path, data.test, meta, progress=cfg.progress)
     metrics = compute_metrics(probs, data.test.labels, data.classes, reject_threshold=threshold)
+    if anomaly is not None:
+        from adapt.data.anomaly import anomaly_metrics
+
+        metrics["anomaly"] = anomaly_metrics(probs, anomaly.test_kinds, cfg.good_label)
     timings["evaluate_s"] = time.perf_counter() - t3
     timings["total_s"] = time.perf_counter() - t0
     metrics.update(

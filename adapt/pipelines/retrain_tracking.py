@@ -36,6 +36,8 @@ def final_metrics(metrics: dict) -> dict[str, float]:
         for k, v in values.items():
             if k != "support":
                 out[f"per_class/{cls}/{k}"] = v
+    for cls, recall in ((metrics.get("anomaly") or {}).get("defect_recall") or {}).items():
+        out[f"defect_recall/{cls}"] = recall  # anomaly runs: recall of each original defect class
     return out
 
 

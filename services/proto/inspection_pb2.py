@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$adapt/inspection/v1/inspection.proto\x12\x13\x61\x64\x61pt.inspection.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"0\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb8\x02\n\x10\x43lassifyResponse\x12\r\n\x05label\x18\x01 \x01(\t\x12/\n\x06scores\x18\x02 \x03(\x0b\x32\x1f.adapt.inspection.v1.ClassScore\x12\x14\n\x0cneeds_review\x18\x03 \x01(\x08\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x17\n\x0ftop_probability\x18\x07 \x01(\x02\x12\x18\n\x10reject_threshold\x18\x08 \x01(\x02\x12\x12\n\nbatch_size\x18\t \x01(\x05\x12\x19\n\x11server_latency_ms\x18\n \x01(\x02\x12-\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x1e.adapt.inspection.v1.ItemError\"\x13\n\x11ListModelsRequest\"\x86\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x12\n\nimage_size\x18\x04 \x01(\x05\x12\x13\n\x0bresize_mode\x18\x05 \x01(\t\x12\x18\n\x10reject_threshold\x18\x06 \x01(\x02\x12\x12\n\nsource_uri\x18\x07 \x01(\t\x12\x12\n\nis_default\x18\x08 \x01(\x08\x12-\n\tloaded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06method\x18\n \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x0b \x01(\t\x12\x0e\n\x06loaded\x18\x0c \x01(\x08\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.adapt.inspection.v1.ModelInfo\"f\n\x15SubmitFeedbackRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\x0c\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\"S\n\x16SubmitFeedbackResponse\x12\x13\n\x0bstored_path\x18\x01 \x01(\t\x12\x11\n\tpredicted\x18\x02 \x01(\t\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x32\x99\x03\n\x11InspectionService\x12W\n\x08\x43lassify\x12$.adapt.inspection.v1.ClassifyRequest\x1a%.adapt.inspection.v1.ClassifyResponse\x12\x61\n\x0e\x43lassifyStream\x12$.adapt.inspection.v1.ClassifyRequest\x1a%.adapt.inspection.v1.ClassifyResponse(\x01\x30\x01\x12]\n\nListModels\x12&.adapt.inspection.v1.ListModelsRequest\x1a\'.adapt.inspection.v1.ListModelsResponse\x12i\n\x0eSubmitFeedback\x12*.adapt.inspection.v1.SubmitFeedbackRequest\x1a+.adapt.inspection.v1.SubmitFeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$adapt/inspection/v1/inspection.proto\x12\x13\x61\x64\x61pt.inspection.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07heatmap\x18\x04 \x01(\x08\"`\n\x07Heatmap\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12\x11\n\tthreshold\x18\x04 \x01(\x02\x12\x13\n\x0boverlay_png\x18\x05 \x01(\x0c\"0\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xe7\x02\n\x10\x43lassifyResponse\x12\r\n\x05label\x18\x01 \x01(\t\x12/\n\x06scores\x18\x02 \x03(\x0b\x32\x1f.adapt.inspection.v1.ClassScore\x12\x14\n\x0cneeds_review\x18\x03 \x01(\x08\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x17\n\x0ftop_probability\x18\x07 \x01(\x02\x12\x18\n\x10reject_threshold\x18\x08 \x01(\x02\x12\x12\n\nbatch_size\x18\t \x01(\x05\x12\x19\n\x11server_latency_ms\x18\n \x01(\x02\x12-\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x1e.adapt.inspection.v1.ItemError\x12-\n\x07heatmap\x18\x0c \x01(\x0b\x32\x1c.adapt.inspection.v1.Heatmap\"\x13\n\x11ListModelsRequest\"\x97\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x12\n\nimage_size\x18\x04 \x01(\x05\x12\x13\n\x0bresize_mode\x18\x05 \x01(\t\x12\x18\n\x10reject_threshold\x18\x06 \x01(\x02\x12\x12\n\nsource_uri\x18\x07 \x01(\t\x12\x12\n\nis_default\x18\x08 \x01(\x08\x12-\n\tloaded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06method\x18\n \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x0b \x01(\t\x12\x0e\n\x06loaded\x18\x0c \x01(\x08\x12\x0f\n\x07heatmap\x18\r \x01(\x08\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.adapt.inspection.v1.ModelInfo\"f\n\x15SubmitFeedbackRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\x0c\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\"S\n\x16SubmitFeedbackResponse\x12\x13\n\x0bstored_path\x18\x01 \x01(\t\x12\x11\n\tpredicted\x18\x02 \x01(\t\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x32\x99\x03\n\x11InspectionService\x12W\n\x08\x43lassify\x12$.adapt.inspection.v1.ClassifyRequest\x1a%.adapt.inspection.v1.ClassifyResponse\x12\x61\n\x0e\x43lassifyStream\x12$.adapt.inspection.v1.ClassifyRequest\x1a%.adapt.inspection.v1.ClassifyResponse(\x01\x30\x01\x12]\n\nListModels\x12&.adapt.inspection.v1.ListModelsRequest\x1a\'.adapt.inspection.v1.ListModelsResponse\x12i\n\x0eSubmitFeedback\x12*.adapt.inspection.v1.SubmitFeedbackRequest\x1a+.adapt.inspection.v1.SubmitFeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'adapt.inspection.v1.inspect
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLASSIFYREQUEST']._serialized_start=94
-  _globals['_CLASSIFYREQUEST']._serialized_end=161
-  _globals['_CLASSSCORE']._serialized_start=163
-  _globals['_CLASSSCORE']._serialized_end=211
-  _globals['_ITEMERROR']._serialized_start=213
-  _globals['_ITEMERROR']._serialized_end=255
-  _globals['_CLASSIFYRESPONSE']._serialized_start=258
-  _globals['_CLASSIFYRESPONSE']._serialized_end=570
-  _globals['_LISTMODELSREQUEST']._serialized_start=572
-  _globals['_LISTMODELSREQUEST']._serialized_end=591
-  _globals['_MODELINFO']._serialized_start=594
-  _globals['_MODELINFO']._serialized_end=856
-  _globals['_LISTMODELSRESPONSE']._serialized_start=858
-  _globals['_LISTMODELSRESPONSE']._serialized_end=926
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=928
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1030
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=1032
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=1115
-  _globals['_INSPECTIONSERVICE']._serialized_start=1118
-  _globals['_INSPECTIONSERVICE']._serialized_end=1527
+  _globals['_CLASSIFYREQUEST']._serialized_end=178
+  _globals['_HEATMAP']._serialized_start=180
+  _globals['_HEATMAP']._serialized_end=276
+  _globals['_CLASSSCORE']._serialized_start=278
+  _globals['_CLASSSCORE']._serialized_end=326
+  _globals['_ITEMERROR']._serialized_start=328
+  _globals['_ITEMERROR']._serialized_end=370
+  _globals['_CLASSIFYRESPONSE']._serialized_start=373
+  _globals['_CLASSIFYRESPONSE']._serialized_end=732
+  _globals['_LISTMODELSREQUEST']._serialized_start=734
+  _globals['_LISTMODELSREQUEST']._serialized_end=753
+  _globals['_MODELINFO']._serialized_start=756
+  _globals['_MODELINFO']._serialized_end=1035
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1037
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1105
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1107
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1209
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=1211
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=1294
+  _globals['_INSPECTIONSERVICE']._serialized_start=1297
+  _globals['_INSPECTIONSERVICE']._serialized_end=1706
 # @@protoc_insertion_point(module_scope)

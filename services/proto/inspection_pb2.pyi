@@ -10,14 +10,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("image", "model", "request_id")
+    __slots__ = ("image", "model", "request_id", "heatmap")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     model: str
     request_id: str
-    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    heatmap: bool
+    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., heatmap: _Optional[bool] = ...) -> None: ...
+
+class Heatmap(_message.Message):
+    __slots__ = ("width", "height", "values", "threshold", "overlay_png")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    values: _containers.RepeatedScalarFieldContainer[float]
+    threshold: float
+    overlay_png: bytes
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., threshold: _Optional[float] = ..., overlay_png: _Optional[bytes] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("label", "probability")
@@ -36,7 +52,7 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("label", "scores", "needs_review", "model_name", "model_version", "request_id", "top_probability", "reject_threshold", "batch_size", "server_latency_ms", "error")
+    __slots__ = ("label", "scores", "needs_review", "model_name", "model_version", "request_id", "top_probability", "reject_threshold", "batch_size", "server_latency_ms", "error", "heatmap")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     NEEDS_REVIEW_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +64,7 @@ class ClassifyResponse(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SERVER_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
     label: str
     scores: _containers.RepeatedCompositeFieldContainer[ClassScore]
     needs_review: bool
@@ -59,14 +76,15 @@ class ClassifyResponse(_message.Message):
     batch_size: int
     server_latency_ms: float
     error: ItemError
-    def __init__(self, label: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., needs_review: _Optional[bool] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ..., top_probability: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., batch_size: _Optional[int] = ..., server_latency_ms: _Optional[float] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+    heatmap: Heatmap
+    def __init__(self, label: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., needs_review: _Optional[bool] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ..., top_probability: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., batch_size: _Optional[int] = ..., server_latency_ms: _Optional[float] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "labels", "image_size", "resize_mode", "reject_threshold", "source_uri", "is_default", "loaded_at", "method", "backbone", "loaded")
+    __slots__ = ("name", "version", "labels", "image_size", "resize_mode", "reject_threshold", "source_uri", "is_default", "loaded_at", "method", "backbone", "loaded", "heatmap")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +97,7 @@ class ModelInfo(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -91,7 +110,8 @@ class ModelInfo(_message.Message):
     method: str
     backbone: str
     loaded: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., image_size: _Optional[int] = ..., resize_mode: _Optional[str] = ..., reject_threshold: _Optional[float] = ..., source_uri: _Optional[str] = ..., is_default: _Optional[bool] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., method: _Optional[str] = ..., backbone: _Optional[str] = ..., loaded: _Optional[bool] = ...) -> None: ...
+    heatmap: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., image_size: _Optional[int] = ..., resize_mode: _Optional[str] = ..., reject_threshold: _Optional[float] = ..., source_uri: _Optional[str] = ..., is_default: _Optional[bool] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., method: _Optional[str] = ..., backbone: _Optional[str] = ..., loaded: _Optional[bool] = ..., heatmap: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -1,0 +1,145 @@
+"""PatchCore (Roth et al. 2022) on the frozen backbone: anomaly detection from good images only.
+
+The memory bank holds mid-level patch features (``adapt.core.encoders`` part ``patches``) of the good
+training images, by default also of their flips and quarter turns (``augment``: most surfaces
+have no preferred orientation, and a few good images then cover more of them), reduced by a
+greedy k-center coreset (on a random projection, as in the paper) to ``coreset_fraction`` of the
+patches, at most ``max_bank``. An image's anomaly score is the distance of its worst patch to the
+nearest good patch (``adapt.core.anomaly_head``). The decision threshold is chosen on the few-shot
+validation split: the one with the best balanced accuracy when it holds defective images, else
+the ``good_quantile`` of the good images' scores.
+
+Images of class 0 (``ctx.classes[0]``, the good label) build the bank; every other class counts as
+``defective``. ``adapt.data.anomaly`` makes such a split from any labelled dataset.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import torch
+
+from adapt.core.anomaly_head import PatchCoreHead
+from adapt.core.classifier import ImageClassifier, PixelNormalizer
+from adapt.data.anomaly import DEFECTIVE
+from adapt.core.encoders import PATCHES, EncoderSpec, ImageEncoder
+from adapt.core.features import load_pixels
+from adapt.methods.configs import PatchCoreConfig
+from adapt.methods.base import AdaptContext, FitResult, Method
+
+logger = logging.getLogger(__name__)
+
+CORESET_CANDIDATES = 200_000  # patches the greedy coreset looks at (a random subset beyond that)
+CORESET_PROJECTION = 128
+
+
+@torch.no_grad()
+def patch_features(encoder: ImageEncoder, normalize: PixelNormalizer, pixels: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` -> ``[N, P, D]`` patch features."""
+    encoder.eval()
+    out = [encoder(normalize(pixels[i : i + batch_size])) for i in range(0, len(pixels), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def dihedral(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` images and their 7 other flips / quarter turns: ``[8N, H, W, 3]``."""
+    turns = [torch.rot90(pixels, k, dims=(1, 2)) for k in range(4)]
+    return torch.cat(turns + [t.flip(2) for t in turns])
+
+
+@torch.no_grad()
+def greedy_coreset(patches: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``n`` rows of ``patches [M, D]`` chosen by greedy k-center on a random projection."""
+    g = torch.Generator().manual_seed(seed)
+    candidates = torch.arange(len(patches))
+    if len(patches) > CORESET_CANDIDATES:
+        candidates = torch.randperm(len(patches), generator=g)[:CORESET_CANDIDATES]
+    if n >= len(candidates):
+        return candidates
+    x = patches[candidates]
+    if x.shape[1] > CORESET_PROJECTION:
+        x = x @ (torch.randn(x.shape[1], CORESET_PROJECTION, generator=g) / CORESET_PROJECTION**0.5)
+    chosen = torch.empty(n, dtype=torch.long)
+    chosen[0] = int(torch.randint(len(x), (1,), generator=g))
+    dist = ((x - x[chosen[0]]) ** 2).sum(dim=1)
+    for k in range(1, n):
+        chosen[k] = int(dist.argmax())
+        dist = torch.minimum(dist, ((x - x[chosen[k]]) ** 2).sum(dim=1))
+    return candidates[chosen]
+
+
+@torch.no_grad()
+def image_scores(head: PatchCoreHead, features: torch.Tensor, batch_size: int = 8) -> np.ndarray:
+    out = [head.scores(features[i : i + batch_size]) for i in range(0, len(features), batch_size)]
+    return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
+
+
+def choose_threshold(scores: np.ndarray, defective: np.ndarray, good_quantile: float) -> float:
+    """Best balanced accuracy on validation (midpoints between sorted scores), or the good quantile."""
+    good, bad = scores[~defective], scores[defective]
+    if not len(bad):
+        return float(np.quantile(good, good_quantile))
+    cuts = np.unique(scores)
+    candidates = np.concatenate([[cuts[0] - 1e-6], (cuts[1:] + cuts[:-1]) / 2, [cuts[-1] + 1e-6]])
+    balanced = [((good < t).mean() + (bad >= t).mean()) / 2 for t in candidates]
+    best = np.flatnonzero(np.isclose(balanced, max(balanced)))
+    return float(candidates[best[len(best) // 2]])  # the middle of the best plateau
+
+
+def patch_encoder(ctx: AdaptContext, cfg: PatchCoreConfig) -> ImageEncoder:
+    visual = ctx.backbone.model.visual
+    if not hasattr(getattr(visual, "trunk", None), "forward_intermediates"):
+        raise ValueError(f"patchcore needs a CNN image tower with intermediate stages (e.g. adapt-effnet-lite0); {ctx.backbone.arch} has none")
+    return ImageEncoder(copy.deepcopy(visual), EncoderSpec((PATCHES,), tuple(cfg.stages), cfg.pool))
+
+
+def fit_patchcore(ctx: AdaptContext, cfg: PatchCoreConfig | None = None) -> FitResult:
+    cfg = cfg or PatchCoreConfig()
+    b = ctx.backbone
+    encoder = patch_encoder(ctx, cfg).to(ctx.device)
+    normalize = PixelNormalizer(b.mean, b.std).to(ctx.device)
+    train, val = ctx.split.train, ctx.split.val
+    good_train = train.subset(np.flatnonzero(train.labels == 0))
+    if not len(good_train):
+        raise ValueError(f"patchcore needs training images of the good class '{ctx.classes[0]}'")
+    pixels = load_pixels(good_train, b.image_size, b.resize_mode, ctx.progress)
+    if cfg.augment == "dihedral":
+        pixels = dihedral(pixels)
+    features = patch_features(encoder, normalize, pixels.to(ctx.device)).cpu()
+    grid = round(features.shape[1] ** 0.5)
+    patches = features.flatten(0, 1)
+    n_bank = max(1, min(cfg.max_bank, round(cfg.coreset_fraction * len(patches))))
+    keep = greedy_coreset(patches, n_bank, cfg.seed)
+    logger.info("patchcore: memory bank of %d of %d good patches (dim %d, grid %dx%d)", len(keep), len(patches), patches.shape[1], grid, grid)
+    head = PatchCoreHead(patches[keep], threshold=0.0, scale=1.0, grid=grid)
+
+    extra_val = train.subset(np.flatnonzero(train.labels != 0))  # defect images in train (never in the bank)
+    val_images = [s for s in (val, extra_val) if len(s)]
+    if not sum(len(s) for s in val_images):
+        raise ValueError("patchcore needs validation images to choose its threshold (--val-shots >= 2)")
+    val_scores = np.concatenate(
+        [image_scores(head, patch_features(encoder, normalize, load_pixels(s, b.image_size, b.resize_mode, ctx.progress).to(ctx.device)).cpu()) for s in val_images]
+    )
+    defective = np.concatenate([s.labels != 0 for s in val_images])
+    good_scores = val_scores[~defective]
+    if len(good_scores) < 2:
+        raise ValueError("patchcore needs at least 2 good validation images (--val-shots >= 2)")
+    head.threshold = choose_threshold(val_scores, defective, cfg.good_quantile)
+    head.scale = float(max(good_scores.std(), 1e-3 * max(abs(head.threshold), 1e-6)))
+    params = {
+        "stages": list(cfg.stages), "pool": cfg.pool, "augment": cfg.augment, "bank_size": len(keep), "good_patches": len(patches),
+        "feature_dim": int(patches.shape[1]), "grid": grid, "threshold": head.threshold, "scale": head.scale,
+        "threshold_rule": "val_balanced_accuracy" if defective.any() else f"good_quantile_{cfg.good_quantile}",
+    }
+    ctx.report({"val_good_score_mean": float(good_scores.mean()), "threshold": head.threshold}, 0)
+    info = ctx.info(Method.PATCHCORE, params)
+    info.labels = [ctx.classes[0], DEFECTIVE]
+    info.anomaly_threshold = head.threshold
+    clf = ImageClassifier(encoder.cpu(), head, info).eval()
+    with torch.no_grad():
+        z = torch.from_numpy((val_scores - head.threshold) / head.scale)
+        val_probs = torch.softmax(torch.stack([torch.zeros_like(z), z], dim=1), dim=1).numpy()
+    # val_probabilities follow ctx.split.val only (the pipeline's reject threshold pairs them with its labels)
+    return FitResult(clf, params=params, val_probabilities=val_probs[: len(val)] if len(val) else None)

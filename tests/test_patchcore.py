@@ -1,0 +1,182 @@
+"""Anomaly mode (patchcore): good-only fit, the exported two-output contract, heatmaps over gRPC and in ``adapt classify``."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from serving_fixtures import image_bytes, make_tiny_onnx, start_server
+
+from adapt.cli import main
+from adapt.data import load_dataset
+from adapt.data.anomaly import DEFECTIVE, anomaly_metrics, anomaly_split
+from adapt.errors import DataError
+from adapt.contract.modelmeta import HEATMAP_NAME, INPUT_NAME, OUTPUT_NAME
+from services.client import InspectionClient
+
+pytestmark = pytest.mark.integration
+
+
+def _spotted(size: int, spot: bool, seed: int) -> np.ndarray:
+    """A mid-grey noisy surface, with a bright square in the top-left quarter when ``spot``."""
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(110, 12, (size, size)), 0, 255)
+    if spot:
+        img[2 : size // 3, 2 : size // 3] = 250
+    return np.repeat(img[..., None], 3, axis=2).astype(np.uint8)
+
+
+def write_spot_folder(root, per_class: int = 10, size: int = 32):
+    for split, offset in (("train", 0), ("test", 1000)):
+        for label, spot in (("ok", False), ("spot", True)):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(_spotted(size, spot, offset + i + (500 if spot else 0))).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def spot_folder(tmp_path_factory):
+    return write_spot_folder(tmp_path_factory.mktemp("spots"))
+
+
+@pytest.fixture(scope="module")
+def patchcore_run(spot_folder, tiny_cnn_backbone, tmp_path_factory):
+    """One patchcore fit + export on the tiny CNN (32 px: a 4x4 patch grid), shared by the tests below."""
+    from adapt.core.classifier import save_classifier
+    from adapt.core.export import export_onnx
+    from adapt.methods import AdaptContext, fit, make_config
+
+    data = load_dataset(str(spot_folder))
+    split = anomaly_split(data, "ok", shots=4, seed=1)
+    ctx = AdaptContext(backbone=tiny_cnn_backbone, split=split.split, progress=False)
+    result = fit("patchcore", ctx, make_config("patchcore", {"pool": "1"}))
+    out = tmp_path_factory.mktemp("patchcore")
+    save_classifier(result.classifier, out / "classifier.pt")
+    return result, export_onnx(result.classifier, out / "model.onnx", model_name="spots"), split
+
+
+def test_anomaly_split_learns_from_good_images_only(spot_folder):
+    data = load_dataset(str(spot_folder))
+    split = anomaly_split(data, "ok", shots=4, seed=1)
+    assert split.data.classes == ("ok", DEFECTIVE) and split.defect_classes == ("spot",)
+    assert set(split.split.train.labels.tolist()) == {0} and len(split.split.train) == 4
+    assert sorted(split.split.val.class_counts().values()) == [4, 4]  # 4 more good + 4 spots to choose the threshold
+    assert len(split.test_kinds) == len(data.test)
+    with pytest.raises(DataError, match="not a class"):
+        anomaly_split(data, "good", shots=4, seed=1)
+
+
+def test_anomaly_metrics_report_auc_balanced_accuracy_and_recall_per_defect_class():
+    kinds = ("ok", "ok", "scratch", "scratch", "spot", "spot")
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    m = anomaly_metrics(probs, kinds, "ok")
+    assert m["defect_recall"] == {"scratch": 1.0, "spot": 0.5}
+    assert m["good_recall"] == 0.5
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 0.75) / 2)
+    assert m["roc_auc"] == pytest.approx(7 / 8)
+
+
+def test_patchcore_exports_probabilities_and_an_anomaly_map_that_finds_the_spot(patchcore_run):
+    from adapt.core.export import ort_session, read_metadata
+
+    result, path, _ = patchcore_run
+    meta = read_metadata(path)
+    assert meta.labels == ["ok", DEFECTIVE] and meta.method == "patchcore" and meta.anomaly_threshold > 0
+    session = ort_session(path)
+    assert [o.name for o in session.get_outputs()] == [OUTPUT_NAME, HEATMAP_NAME]
+    pixels = np.stack([_spotted(32, False, 7), _spotted(32, True, 8), _spotted(32, True, 9)])
+    probs, heat = session.run(None, {INPUT_NAME: pixels})  # dynamic batch of 3, parity was checked on export
+    assert probs.shape == (3, 2) and heat.shape == (3, 4, 4)
+    assert probs[0, 1] < 0.5 < probs[1, 1] and probs[2, 1] > 0.5
+    row, col = np.unravel_index(heat[1].argmax(), heat[1].shape)
+    assert row < 2 and col < 2  # the spot is in the top-left quarter
+    assert heat[1][:2, :2].mean() > heat[1][2:, 2:].mean()
+    assert result.params["bank_size"] >= 1 and result.params["threshold"] == pytest.approx(meta.anomaly_threshold)
+
+
+def test_saved_patchcore_classifier_loads_back(patchcore_run, tmp_path):
+    import torch
+
+    from adapt.core.classifier import load_classifier
+
+    result, path, _ = patchcore_run
+    loaded = load_classifier(path.parent / "classifier.pt")
+    x = torch.from_numpy(np.stack([_spotted(32, True, 3)]))
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), result.classifier(x)) and loaded.has_anomaly_map
+
+
+@pytest.fixture(scope="module")
+def server(patchcore_run, tmp_path_factory):
+    root = tmp_path_factory.mktemp("srv")
+    srv = start_server([patchcore_run[1], make_tiny_onnx(root / "plain.onnx", name="plain")], root / "feedback", reload_interval=0)
+    yield srv
+    srv.stop(grace=1)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_heatmap_over_grpc_only_when_asked_and_only_from_anomaly_models(server):
+    with InspectionClient(server.address) as client:
+        plain = client.classify(_png(_spotted(32, True, 11)))
+        assert not plain.HasField("heatmap")  # normal traffic pays nothing
+        answer = client.classify(_png(_spotted(32, True, 11)), heatmap=True)
+        assert answer.label == DEFECTIVE and answer.HasField("heatmap")
+        h = answer.heatmap
+        grid = np.array(h.values).reshape(h.height, h.width)
+        assert (h.width, h.height) == (4, 4) and grid.max() > h.threshold > 0
+        overlay = Image.open(io.BytesIO(h.overlay_png))
+        assert overlay.size == (32, 32)
+        streamed = list(client.classify_many([_png(_spotted(32, False, 12))], heatmap=True))
+        assert streamed[0].HasField("heatmap") and streamed[0].label == "ok"
+        no_map = client.classify(image_bytes(10), model="plain", heatmap=True)
+        assert not no_map.HasField("heatmap")  # a model without an anomaly map simply answers without one
+        infos = {m.name: m.heatmap for m in client.list_models()}
+        assert infos == {"spots": True, "plain": False}
+
+
+def test_classify_heatmaps_writes_overlays_that_show_the_defect(server, tmp_path, capsys):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "a.png").write_bytes(_png(_spotted(32, True, 21)))
+    (parts / "b.png").write_bytes(_png(_spotted(32, False, 22)))
+    out = tmp_path / "heat"
+    assert main(["classify", "--server", server.address, "--model", "spots", str(parts), "--heatmaps", str(out)]) == 0
+    overlays = {p.name: np.asarray(Image.open(p).convert("RGB"), dtype=float) for p in out.iterdir()}
+    assert set(overlays) == {"a.heatmap.png", "b.heatmap.png"}
+    spot = overlays["a.heatmap.png"]
+    redness = spot[..., 0] - spot[..., 2]
+    assert redness[:10, :10].mean() > redness[16:, 16:].mean() + 50  # the top-left spot is drawn red
+
+
+def test_final_mlflow_metrics_carry_the_recall_of_each_defect_class():
+    from adapt.pipelines.retrain_tracking import final_metrics
+
+    metrics = {"accuracy": 0.9, "n": 10, "per_class": {}, "anomaly": {"defect_recall": {"scratch": 0.5, "spot": 1.0}}}
+    assert final_metrics(metrics)["defect_recall/scratch"] == 0.5 and final_metrics(metrics)["defect_recall/spot"] == 1.0
+
+
+def test_retrain_on_a_folder_of_good_parts_only_says_so_and_still_exports(tmp_path, tiny_cnn_arch, capsys):
+    import json
+
+    root = tmp_path / "good_only"
+    for i in range(12):
+        (root / "ok").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_spotted(32, False, i)).save(root / "ok" / f"{i}.png")
+    out = tmp_path / "run"
+    argv = ["--quiet", "retrain", "--data", str(root), "--method", "patchcore", "--good-label", "ok", "--shots", "4",
+            "--backbone", tiny_cnn_arch, "--pretrained", "imagenet", "--no-tracking", "--output-dir", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "no class besides 'ok'" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["labels"] == ["ok", DEFECTIVE] and metrics["anomaly"]["defect_recall"] == {}
+    assert (out / "model.onnx").is_file()

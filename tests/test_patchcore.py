@@ -81,7 +81,8 @@ def test_anomaly_metrics_report_auc_balanced_accuracy_and_recall_per_defect_clas
 
 
 def test_patchcore_exports_probabilities_and_an_anomaly_map_that_finds_the_spot(patchcore_run):
-    from adapt.core.export import ort_session, read_metadata
+    from adapt.contract.modelmeta import read_file as read_metadata
+    from adapt.core.export import ort_session
 
     result, path, _ = patchcore_run
     meta = read_metadata(path)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from adapt.core.backbone import create_backbone
+from adapt.pipelines.default_backbone import load_backbone
 from adapt.core.classifier import PixelNormalizer
 from adapt.data import load_dataset
 from adapt.data.anomaly import anomaly_split
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--out", default="experiments/anomaly/anomalib_peer.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    b = create_backbone()
+    b = load_backbone()
     split = anomaly_split(load_dataset(args.data), args.good, args.shots, seed=1)
     model = PatchcoreModel(layers=["blocks.2"], backbone="tf_efficientnet_lite0", pre_trained=False)
     missing, _ = model.feature_extractor.feature_extractor.load_state_dict(b.model.visual.trunk.state_dict(), strict=False)

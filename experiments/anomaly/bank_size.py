@@ -20,7 +20,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from adapt.core.anomaly_head import PatchCoreHead
-from adapt.core.backbone import create_backbone
+from adapt.pipelines.default_backbone import load_backbone
 from adapt.core.classifier import ImageClassifier, PixelNormalizer
 from adapt.data import load_dataset
 from adapt.data.anomaly import DEFECTIVE, anomaly_split
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--out", default="experiments/anomaly/bank_size.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    b = create_backbone()
+    b = load_backbone()
     split = anomaly_split(load_dataset(args.data), args.good, args.shots, seed=1)
     cfg = PatchCoreConfig()
     ctx = AdaptContext(backbone=b, split=split.split, progress=False)

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from adapt.core.export import ort_session, read_metadata
+from adapt.contract.modelmeta import read_file as read_metadata
+from adapt.core.export import ort_session
 from adapt.contract.imageio import read_image, to_model_pixels
 from adapt.contract.modelmeta import HEATMAP_NAME, INPUT_NAME, OUTPUT_NAME
 from services.heatmap import overlay_png

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from adapt.core.backbone import create_backbone
+from adapt.pipelines.default_backbone import load_backbone
 from adapt.core.classifier import PixelNormalizer
 from adapt.data import load_dataset
 from adapt.core.features import load_pixels
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    backbone = create_backbone()
+    backbone = load_backbone()
     data = load_dataset(args.data)
     good = data.classes.index(args.good)
     rng = np.random.default_rng(args.seed)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adapt.data.sources import stratified_split
+from adapt.data.images import stratified_split
 from adapt.methods.frozen import selection_score
 from adapt.methods.semisup import Centering, ClusterCentering, Whitening, fit_logistic, fit_semisupervised, label_spread, self_train
 

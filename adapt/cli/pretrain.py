@@ -154,39 +154,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start_tracking(args, cfg):
-    """An MLflow run for this pretraining (rank 0 only), after checking the store answers."""
-    import os
-
-    if args.no_tracking or int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0:
-        return None
     from dataclasses import asdict
 
-    from adapt.tracking.runs import start_run
-    from adapt.tracking.store import default_experiment, preflight, resolve_tracking_uri
-
-    uri = resolve_tracking_uri(args.tracking_uri)
-    preflight(uri)
     params = {k: v for k, v in asdict(cfg).items() if k not in ("progress",)}
-    experiment = args.experiment or default_experiment("pretrain", "+".join(cfg.data))
-    return start_run(uri, experiment, f"{cfg.model}-{cfg.loss}", params, command="pretrain")
+    from adapt.cli.tracking_options import start_pretrain_run
+
+    return start_pretrain_run(args, params, "+".join(cfg.data), f"{cfg.model}-{cfg.loss}")
 
 
 def _finish_tracking(run, result) -> None:
-    from adapt.tracking.store import TrackingError
+    from adapt.cli.tracking_options import finish_pretrain_run
 
-    try:
-        zs = result.zero_shot
-        run.log_metrics({
-            "samples_per_s": result.samples_per_s, "train_seconds": result.train_seconds, "final_loss": result.final_loss,
-            "steps": result.steps, "zero_shot_synthetic_accuracy": zs.get("accuracy", float("nan")),
-            "zero_shot_synthetic_good_vs_defect_balanced": zs.get("good_vs_defect_balanced_accuracy", float("nan")),
-        })
-        for name in ("open_clip_config.json", "pretrain_metrics.json"):
-            if (result.output_dir / name).is_file():
-                run.log_artifact(result.output_dir / name, "checkpoint")
-        run.log_artifact(result.checkpoint, "checkpoint")
-        run.end("FINISHED")
-        print(f"  MLflow run: {run.url}")
-    except TrackingError as exc:
-        run.end_quietly("FAILED")
-        print(f"  MLflow logging failed ({exc}); the checkpoint is in {result.output_dir}")
+    zs = result.zero_shot
+    finish_pretrain_run(run, result, {
+        "samples_per_s": result.samples_per_s, "train_seconds": result.train_seconds, "final_loss": result.final_loss,
+        "steps": result.steps, "zero_shot_synthetic_accuracy": zs.get("accuracy", float("nan")),
+        "zero_shot_synthetic_good_vs_defect_balanced": zs.get("good_vs_defect_balanced_accuracy", float("nan")),
+    })

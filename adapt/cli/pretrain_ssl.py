@@ -65,33 +65,16 @@ def run_ssl(args: argparse.Namespace) -> int:
 
 
 def _start_tracking(args, cfg):
-    import os
     from dataclasses import asdict
 
-    if args.no_tracking or int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0:
-        return None
-    from adapt.tracking.runs import start_run
-    from adapt.tracking.store import default_experiment, preflight, resolve_tracking_uri
+    from adapt.cli.tracking_options import start_pretrain_run
 
-    uri = resolve_tracking_uri(args.tracking_uri)
-    preflight(uri)
     params = {"objective": "ssl", **{k: v for k, v in asdict(cfg).items() if k != "progress"}}
-    experiment = args.experiment or default_experiment("pretrain", cfg.data)
-    return start_run(uri, experiment, f"{cfg.model}-ssl-{cfg.loss}", params, command="pretrain")
+    return start_pretrain_run(args, params, cfg.data, f"{cfg.model}-ssl-{cfg.loss}")
 
 
 def _finish_tracking(run, result) -> None:
-    from adapt.tracking.store import TrackingError
+    from adapt.cli.tracking_options import finish_pretrain_run
 
-    try:
-        run.log_params({"unlabeled_images": result.images, "unlabeled_fingerprint": result.images_fingerprint})
-        run.log_metrics({"train_seconds": result.train_seconds, "final_loss": result.final_loss, "steps": result.steps})
-        for name in ("open_clip_config.json", "pretrain_metrics.json"):
-            if (result.output_dir / name).is_file():
-                run.log_artifact(result.output_dir / name, "checkpoint")
-        run.log_artifact(result.checkpoint, "checkpoint")
-        run.end("FINISHED")
-        print(f"  MLflow run: {run.url}")
-    except TrackingError as exc:
-        run.end_quietly("FAILED")
-        print(f"  MLflow logging failed ({exc}); the backbone is in {result.output_dir}")
+    finish_pretrain_run(run, result, {"train_seconds": result.train_seconds, "final_loss": result.final_loss, "steps": result.steps},
+                        params={"unlabeled_images": result.images, "unlabeled_fingerprint": result.images_fingerprint})

@@ -53,3 +53,38 @@ def quiet_http_retries(args: argparse.Namespace) -> None:
 
     if getattr(args, "verbose", 0) < 2:
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+def start_pretrain_run(args, params: dict, data: str, run_name: str):
+    """An MLflow run for a pretraining (rank 0 only), after checking the store answers; None with --no-tracking."""
+    import os
+
+    if args.no_tracking or int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0:
+        return None
+    from adapt.tracking.runs import start_run
+    from adapt.tracking.store import default_experiment, preflight, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    preflight(uri)
+    experiment = args.experiment or default_experiment("pretrain", data)
+    return start_run(uri, experiment, run_name, params, command="pretrain")
+
+
+def finish_pretrain_run(run, result, metrics: dict, params: dict | None = None) -> None:
+    """Log ``metrics`` (and late ``params``) and the written backbone into ``run``, then end it; a
+    tracking failure is printed, not raised (the backbone is on disk either way)."""
+    from adapt.tracking.store import TrackingError
+
+    try:
+        if params:
+            run.log_params(params)
+        run.log_metrics(metrics)
+        for name in ("open_clip_config.json", "pretrain_metrics.json"):
+            if (result.output_dir / name).is_file():
+                run.log_artifact(result.output_dir / name, "checkpoint")
+        run.log_artifact(result.checkpoint, "checkpoint")
+        run.end("FINISHED")
+        print(f"  MLflow run: {run.url}")
+    except TrackingError as exc:
+        run.end_quietly("FAILED")
+        print(f"  MLflow logging failed ({exc}); the checkpoint is in {result.output_dir}")

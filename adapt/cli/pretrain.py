@@ -133,14 +133,9 @@ def run(args: argparse.Namespace) -> int:
 
         cfg.init = str(default_checkpoint(cfg.model))
     run = _start_tracking(args, cfg)
-    try:
-        from adapt.training.mlflow_logger import run_logger
+    from adapt.cli.tracking_options import run_tracked
 
-        result = run_pretrain(cfg, loggers=[run_logger(run)] if run else None)
-    except BaseException as exc:
-        if run is not None:
-            run.end_quietly("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
+    result = run_tracked(run, lambda loggers: run_pretrain(cfg, loggers=loggers))
     if not result.checkpoint.name:
         return 0  # a non-zero DDP rank
     zs = result.zero_shot

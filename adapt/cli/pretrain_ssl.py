@@ -45,14 +45,9 @@ def run_ssl(args: argparse.Namespace) -> int:
     if cfg.resume and args.output_dir is None:
         raise AdaptError("--resume needs the --output-dir of the run to continue")
     run = _start_tracking(args, cfg)
-    try:
-        from adapt.training.mlflow_logger import run_logger
+    from adapt.cli.tracking_options import run_tracked
 
-        result = run_ssl_pretrain(cfg, loggers=[run_logger(run)] if run else None)
-    except BaseException as exc:
-        if run is not None:
-            run.end_quietly("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
+    result = run_tracked(run, lambda loggers: run_ssl_pretrain(cfg, loggers=loggers))
     if not result.checkpoint.name:
         return 0  # a non-zero DDP rank
     print(f"adapted the image tower self-supervised ({cfg.loss}) on {result.images} unlabeled image(s) "

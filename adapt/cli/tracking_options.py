@@ -70,6 +70,19 @@ def start_pretrain_run(args, params: dict, data: str, run_name: str):
     return start_run(uri, experiment, run_name, params, command="pretrain")
 
 
+def run_tracked(run, train):
+    """``train(loggers)`` with ``run``'s Lightning logger (none without a run); if it raises, the run
+    ends KILLED (Ctrl-C) or FAILED and the error goes on."""
+    try:
+        from adapt.training.mlflow_logger import run_logger
+
+        return train([run_logger(run)] if run else None)
+    except BaseException as exc:
+        if run is not None:
+            run.end_quietly("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+
+
 def finish_pretrain_run(run, result, metrics: dict, params: dict | None = None) -> None:
     """Log ``metrics`` (and late ``params``) and the written backbone into ``run``, then end it; a
     tracking failure is printed, not raised (the backbone is on disk either way)."""

@@ -151,7 +151,11 @@ def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | N
     from adapt.core.backbone import save_checkpoint
     from adapt.data.captions import CaptionDataset, resolve_sources
     from adapt.training.devices import share_cpu_with_workers
-    from adapt.training.pretrain import ContrastivePretraining, fit_pretraining
+    from adapt.training.pretrain import (
+        ContrastivePretraining,
+        fit_pretraining,
+        resume_checkpoint,
+    )
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     share_cpu_with_workers(cfg.accelerator, cfg.num_workers)
@@ -190,15 +194,9 @@ def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | N
     )
     out = cfg.output_dir
     ckpt_dir = out / CKPT_DIR
-    if not cfg.resume and any(ckpt_dir.glob("*.ckpt")):
-        raise AdaptError(f"{ckpt_dir} already has checkpoints: pass --resume to continue that run, or another --output-dir")
-    ckpt_path = None
-    if cfg.resume:
-        last = ckpt_dir / "last.ckpt"
-        if not last.is_file():
-            raise AdaptError(f"--resume: no checkpoint at {last}")
-        ckpt_path = str(last)
-        logger.info("resuming from %s", last)
+    ckpt_path = resume_checkpoint(ckpt_dir, cfg.resume)
+    if ckpt_path:
+        logger.info("resuming from %s", ckpt_path)
     logger.info(
         "pretraining %s (%s loss%s) on %s: %d pairs, %d steps of %d x %d device(s)",
         cfg.model, cfg.loss, f" + {ssl_weight:g} x self-supervised on {', '.join(cfg.ssl_data)}" if ssl_weight else "",
@@ -241,9 +239,9 @@ def synthetic_zero_shot(model, tokenizer, image_size: int, pp: dict, per_class: 
     - ``good_vs_defect_balanced_accuracy``: 2-way prompts ("flawless" vs "defective" surface) on the
       same images, as balanced accuracy (the good class is 1 of 9, so plain accuracy would flatter).
     """
+    from adapt.contract.imageio import to_model_pixels
     from adapt.core.classifier import PixelNormalizer
     from adapt.data import synthetic
-    from adapt.contract.imageio import to_model_pixels
 
     def embed(prompts: list[str]) -> torch.Tensor:
         emb = torch.nn.functional.normalize(model.encode_text(tokenizer(prompts)).float(), dim=-1).mean(0)

@@ -112,7 +112,7 @@ def run_ssl_pretrain(cfg: SslPretrainConfig, loggers: list | None = None, callba
     from adapt.data.unlabeled import load_unlabeled, unlabeled_fingerprint
     from adapt.pipelines.default_backbone import load_backbone
     from adapt.training.devices import Devices, share_cpu_with_workers
-    from adapt.training.pretrain import fit_pretraining
+    from adapt.training.pretrain import fit_pretraining, resume_checkpoint
     from adapt.training.ssl import SelfSupervisedAdaptation
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -138,13 +138,7 @@ def run_ssl_pretrain(cfg: SslPretrainConfig, loggers: list | None = None, callba
     )
     out = cfg.output_dir
     ckpt_dir = out / CKPT_DIR
-    if not cfg.resume and any(ckpt_dir.glob("*.ckpt")):
-        raise AdaptError(f"{ckpt_dir} already has checkpoints: pass --resume to continue that run, or another --output-dir")
-    ckpt_path = None
-    if cfg.resume:
-        if not (ckpt_dir / "last.ckpt").is_file():
-            raise AdaptError(f"--resume: no checkpoint at {ckpt_dir / 'last.ckpt'}")
-        ckpt_path = str(ckpt_dir / "last.ckpt")
+    ckpt_path = resume_checkpoint(ckpt_dir, resume=cfg.resume)
     logger.info("self-supervised (%s) adaptation of %s on %d unlabeled image(s) from %s: %d steps of %d x %d",
                 cfg.loss, backbone.describe(), len(images), cfg.data, total, cfg.batch_size, world)
     t0 = time.perf_counter()

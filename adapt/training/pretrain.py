@@ -22,6 +22,7 @@ from open_clip.loss import ClipLoss, SigLipLoss
 
 from adapt.core.classifier import PixelNormalizer
 from adapt.core.encoders import freeze_norm_stats
+from adapt.errors import AdaptError
 from adapt.training.devices import Devices
 
 # The image tower's output head (final norm + projection to the joint space): always trained at
@@ -147,6 +148,19 @@ class ContrastivePretraining(L.LightningModule):
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}}
+
+
+def resume_checkpoint(ckpt_dir: Path, resume: bool) -> str | None:
+    """``ckpt_dir/last.ckpt`` to continue from with ``resume``; a user error when it is missing, or
+    when checkpoints are there and ``resume`` is off (a new run must not overwrite an old one)."""
+    last = ckpt_dir / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise AdaptError(f"--resume: no checkpoint at {last}")
+        return str(last)
+    if any(ckpt_dir.glob("*.ckpt")):
+        raise AdaptError(f"{ckpt_dir} already has checkpoints: pass --resume to continue that run, or another --output-dir")
+    return None
 
 
 def fit_pretraining(

@@ -169,3 +169,38 @@ def test_a_bad_config_file_fails_with_one_line(tmp_path, text, message):
     cfg.write_text(text)
     out = subprocess.run([sys.executable, "-m", "adapt", "retrain", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def _write_wide_marked_folder(root, per_class=14):
+    """96x32 grey images; class 'marked' has a bright bar in the left sixth, outside the centre square."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("clean", "marked"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            img = np.full((32, 96), 110, dtype=np.uint8)
+            if label == "marked":
+                top = int(rng.integers(0, 16))
+                img[top : top + 16, 2:14] = 250
+            Image.fromarray(img).save(root / label / f"{label}_{i:02d}.png")
+    return root
+
+
+@pytest.mark.e2e
+def test_squash_keeps_a_defect_at_the_image_end_that_a_centre_crop_loses(tmp_path, capsys):
+    from adapt.contract.modelmeta import read_file as read_metadata
+
+    root = _write_wide_marked_folder(tmp_path / "wide")
+    accuracy = {}
+    for mode in ("squash", "shortest"):
+        out = tmp_path / mode
+        extra = [] if mode == "squash" else ["--resize-mode", mode]  # squash is the default
+        argv = ["-q", "retrain", "--data", str(root), "--method", "linear", "--shots", "4", "--output-dir", str(out)]
+        assert main(argv + _tiny(TINY) + extra) == 0
+        assert read_metadata(out / "model.onnx").resize_mode == mode
+        accuracy[mode] = json.loads((out / "metrics.json").read_text())["balanced_accuracy"]
+    capsys.readouterr()
+    assert accuracy["squash"] >= 0.85
+    assert accuracy["shortest"] == pytest.approx(0.5)  # every centre crop is the same grey square

@@ -54,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unlabeled", default=None, metavar="DIR|CSV|elpv",
                    help="unlabeled images of the same line for semi-supervised adaptation (method linear): a folder, a CSV "
                    "with a path column, or elpv (its train pool); held-out test images in it are left out")
+    p.add_argument("--resize-mode", choices=("squash", "shortest"), default="squash",
+                   help="how images of any shape become the square model input: squash (scale both sides, nothing is cut "
+                   "off) or shortest (scale the shorter side, centre-crop the longer: a defect near its ends is lost); "
+                   "recorded in the exported model, which serving follows (default: %(default)s)")
     p.add_argument("--test-fraction", type=float, default=0.25, help="held-out share when the data has no test split (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them with a warning")
     p.add_argument("--review-accuracy", type=float, default=0.95, help="reject threshold: lowest confidence at which accepted validation predictions reach this accuracy (default: %(default)s)")
@@ -103,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             review_target_accuracy=args.review_accuracy,
             reject_threshold=args.reject_threshold,
             test_fraction=args.test_fraction,
+            resize_mode=args.resize_mode,
             strict_images=args.strict,
             include=args.include,
             unlabeled=args.unlabeled,

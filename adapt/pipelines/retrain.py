@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -52,6 +52,7 @@ class RetrainConfig:
     review_target_accuracy: float = 0.95  # reject threshold: accepted val predictions reach this accuracy
     reject_threshold: float | None = None  # fixed threshold instead of the chosen one
     test_fraction: float = 0.25
+    resize_mode: str = "squash"  # squash | shortest (centre crop): how any image becomes the square input
     strict_images: bool = False  # fail on unreadable images instead of skipping them
     model_name: str = ""  # recorded in the exported metadata
     include: list[str] = field(default_factory=list)  # extra labelled folders/CSVs for the train pool only (e.g. operator feedback)
@@ -66,6 +67,8 @@ class RetrainConfig:
             raise ValueError("shots must be >= 1")
         if self.unlabeled and self.method is not Method.LINEAR:
             raise ValueError(f"--unlabeled is used by --method linear only (measured: experiments/unlabeled/results.md), not {self.method.value}")
+        if self.resize_mode not in ("squash", "shortest"):
+            raise ValueError(f"resize_mode must be squash or shortest, not {self.resize_mode!r}")
         if self.method is Method.PATCHCORE and not self.good_label:
             raise ValueError("--method patchcore needs --good-label LABEL (the class of good parts)")
         if self.output_dir is None:
@@ -158,7 +161,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         data.name, len(data.classes), len(split.train), len(split.val), len(data.test),
     )
     torch.manual_seed(cfg.seed)
-    backbone = load_backbone(cfg.backbone, cfg.pretrained, device=cfg.device)
+    backbone = replace(load_backbone(cfg.backbone, cfg.pretrained, device=cfg.device), resize_mode=cfg.resize_mode)
     timings["load_s"] = time.perf_counter() - t0
     descriptions = {**data.descriptions, **cfg.descriptions}
     params = {
@@ -171,6 +174,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         "backbone": cfg.backbone,
         "pretrained": cfg.pretrained,
         "backbone_weights": backbone.weights_id,
+        "resize_mode": cfg.resize_mode,
         "classes": list(data.classes),
         "adapt_version": __version__,
         **{f"hp.{k}": v for k, v in asdict(method_cfg).items()},

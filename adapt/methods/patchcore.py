@@ -63,10 +63,15 @@ def greedy_coreset(patches: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor
         x = x @ (torch.randn(x.shape[1], CORESET_PROJECTION, generator=g) / CORESET_PROJECTION**0.5)
     chosen = torch.empty(n, dtype=torch.long)
     chosen[0] = int(torch.randint(len(x), (1,), generator=g))
-    dist = ((x - x[chosen[0]]) ** 2).sum(dim=1)
+    sq = (x * x).sum(dim=1)
+
+    def sq_dist(i: int) -> torch.Tensor:  # |x - x_i|^2 as one matrix-vector product (no [M, D] temporary)
+        return (sq - 2.0 * (x @ x[i]) + sq[i]).clamp_min_(0.0)
+
+    dist = sq_dist(int(chosen[0]))
     for k in range(1, n):
         chosen[k] = int(dist.argmax())
-        dist = torch.minimum(dist, ((x - x[chosen[k]]) ** 2).sum(dim=1))
+        torch.minimum(dist, sq_dist(int(chosen[k])), out=dist)
     return candidates[chosen]
 
 

@@ -89,6 +89,9 @@ SCORES = {
     "max-median": lambda d: d.amax(-1) - d.median(-1).values,
     "max/mean": lambda d: d.amax(-1) / d.mean(-1),
     "top1%-mean": lambda d: d.topk(max(1, d.shape[-1] // 100), -1).values.mean(-1) - d.mean(-1),
+    "top1%": lambda d: d.topk(max(1, d.shape[-1] // 100), -1).values.mean(-1),
+    "top2%": lambda d: d.topk(max(1, d.shape[-1] // 50), -1).values.mean(-1),
+    "top5%": lambda d: d.topk(max(1, d.shape[-1] // 20), -1).values.mean(-1),
 }
 
 

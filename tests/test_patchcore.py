@@ -45,7 +45,8 @@ def spot_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def patchcore_run(spot_folder, tiny_cnn_backbone, tmp_path_factory):
-    """One patchcore fit + export on the tiny CNN (32 px: a 4x4 patch grid), shared by the tests below."""
+    """One patchcore fit + export on the tiny CNN (32 px: a 4x4 patch grid; image score = mean of the
+    worst 4 patches), shared by the tests below."""
     from adapt.core.classifier import save_classifier
     from adapt.core.export import export_onnx
     from adapt.methods import AdaptContext, fit, make_config
@@ -53,7 +54,7 @@ def patchcore_run(spot_folder, tiny_cnn_backbone, tmp_path_factory):
     data = load_dataset(str(spot_folder))
     split = anomaly_split(data, "ok", shots=4, seed=1)
     ctx = AdaptContext(backbone=tiny_cnn_backbone, split=split.split, progress=False)
-    result = fit("patchcore", ctx, make_config("patchcore", {"pool": "1"}))
+    result = fit("patchcore", ctx, make_config("patchcore", {"pool": "1", "top_fraction": "0.25"}))
     out = tmp_path_factory.mktemp("patchcore")
     save_classifier(result.classifier, out / "classifier.pt")
     return result, export_onnx(result.classifier, out / "model.onnx", model_name="spots"), split
@@ -97,6 +98,24 @@ def test_patchcore_exports_probabilities_and_an_anomaly_map_that_finds_the_spot(
     assert row < 2 and col < 2  # the spot is in the top-left quarter
     assert heat[1][:2, :2].mean() > heat[1][2:, 2:].mean()
     assert result.params["bank_size"] >= 1 and result.params["threshold"] == pytest.approx(meta.anomaly_threshold)
+    assert result.params["top_k"] == 4
+
+
+def test_image_score_is_the_mean_of_the_worst_patches():
+    import torch
+
+    from adapt.core.anomaly_head import PatchCoreHead
+
+    bank = torch.zeros(1, 2)
+    feats = torch.tensor([[[3.0, 4.0], [0.0, 1.0], [0.0, 2.0], [0.0, 0.0]]])  # distances 5, 1, 2, 0
+    assert PatchCoreHead(bank, 0.0, 1.0, grid=2).scores(feats).item() == pytest.approx(5.0)
+    head = PatchCoreHead(bank, 0.0, 1.0, grid=2, top_k=2)
+    assert head.scores(feats).item() == pytest.approx(3.5)
+    logits, heat = head.forward_with_map(feats)
+    assert logits[0, 1].item() == pytest.approx(3.5) and heat.shape == (1, 2, 2)
+    assert PatchCoreHead.from_config(head.config()).top_k == 2
+    with pytest.raises(ValueError, match="top_k"):
+        PatchCoreHead(bank, 0.0, 1.0, grid=2, top_k=5)
 
 
 def test_saved_patchcore_classifier_loads_back(patchcore_run, tmp_path):

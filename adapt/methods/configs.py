@@ -133,6 +133,7 @@ class PatchCoreConfig:
     coreset_fraction: float = hp(0.1, "share of the good patches kept in the memory bank (greedy coreset)")
     max_bank: int = hp(8192, "most patches kept in the memory bank (bounds ONNX size and latency)")
     augment: str = hp("dihedral", "good images also enter the bank as their flips and quarter turns ('dihedral', 8x patches) or not ('none')")
+    top_fraction: float = hp(0.01, "image score = mean of the worst patches, this share of the patch grid (0 = the single worst patch, as in the PatchCore paper)")
     good_quantile: float = hp(0.95, "threshold = this quantile of good validation scores when validation holds no defects")
     seed: int = hp(0, "seed of the coreset's random projection and start")
 
@@ -145,6 +146,8 @@ class PatchCoreConfig:
             raise ValueError("coreset_fraction must be in (0, 1]")
         if self.max_bank < 1:
             raise ValueError("max_bank must be >= 1")
+        if not 0 <= self.top_fraction <= 1:
+            raise ValueError("top_fraction must be in [0, 1]")
         if not 0 < self.good_quantile <= 1:
             raise ValueError("good_quantile must be in (0, 1]")
         if self.augment not in ("none", "dihedral"):

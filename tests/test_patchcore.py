@@ -200,3 +200,26 @@ def test_retrain_on_a_folder_of_good_parts_only_says_so_and_still_exports(tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["labels"] == ["ok", DEFECTIVE] and metrics["anomaly"]["defect_recall"] == {}
     assert (out / "model.onnx").is_file()
+
+
+def test_patchcore_on_a_vit_uses_block_patch_tokens_and_exports(spot_folder, tmp_path):
+    """Any architecture: on an open_clip ViT the bank holds patch tokens of its middle block."""
+    import torch
+
+    from adapt.core.backbone import create_backbone
+    from adapt.core.export import export_onnx, ort_session
+    from adapt.methods import AdaptContext, fit, make_config
+
+    torch.manual_seed(0)
+    vit = create_backbone("adapt-tiny", "none")  # 2 blocks, 32 px, 8 px patches: a 4x4 grid
+    split = anomaly_split(load_dataset(str(spot_folder)), "ok", shots=4, seed=1)
+    ctx = AdaptContext(backbone=vit, split=split.split, progress=False)
+    result = fit("patchcore", ctx, make_config("patchcore", {"augment": "none", "pool": "1"}))
+    assert result.params["stages"] == [1] and result.params["grid"] == 4 and result.params["feature_dim"] == 64
+    path = export_onnx(result.classifier, tmp_path / "vit.onnx", model_name="vit-spots")  # parity checked
+    pixels = np.stack([_spotted(32, False, 21), _spotted(32, True, 22)])
+    probs, heat = ort_session(path).run(None, {INPUT_NAME: pixels})
+    assert heat.shape == (2, 4, 4) and probs[1, 1] > probs[0, 1]
+    assert heat[1][:2, :2].max() > heat[0][:2, :2].max()  # the spot's patches are the far ones
+    with pytest.raises(ValueError, match="levels 0-1"):
+        fit("patchcore", ctx, make_config("patchcore", {"stages": "5"}))

@@ -12,10 +12,11 @@ more *parts*, each L2-normalised:
 - ``patches`` (alone): the same stage maps kept spatial, for PatchCore (``adapt.core.anomaly_head``):
   each map averaged over a ``pool x pool`` neighbourhood (stride 1), resized to the grid of the
   first stage, L2-normalised per position and stage (measured better than raw maps on this
-  backbone: experiments/anomaly/), concatenated over channels: ``[N, grid * grid, D]``.
+  backbone: experiments/anomaly/), concatenated over channels: ``[N, grid * grid, D]``. On an
+  open_clip ViT the "stages" are transformer block indices and the maps their patch tokens.
 
-A tower without intermediate stages (the ViTs) only has the embedding; asking it for
-``stages`` gives the embedding instead, so every method works on every backbone.
+For the pooled ``stages`` part a ViT tower only has the embedding; asking it for ``stages`` gives
+the embedding instead, so every method works on every backbone.
 """
 
 from __future__ import annotations
@@ -83,6 +84,19 @@ def spec_for(visual: nn.Module, parts: tuple[str, ...], stages: tuple[int, ...])
     return EncoderSpec(parts, stages)
 
 
+def is_vit(visual: nn.Module) -> bool:
+    """An open_clip VisionTransformer: block intermediates as patch-token maps."""
+    return not hasattr(visual, "trunk") and hasattr(visual, "forward_intermediates") and hasattr(visual, "transformer")
+
+
+def patch_levels(visual: nn.Module) -> int:
+    """How many levels ``patches`` can take maps from (CNN trunk stages or ViT blocks); 0 if none."""
+    trunk = getattr(visual, "trunk", None)
+    if hasattr(trunk, "forward_intermediates"):
+        return len(getattr(trunk, "feature_info", ())) or 0
+    return len(visual.transformer.resblocks) if is_vit(visual) else 0
+
+
 def freeze_norm_stats(module: nn.Module) -> nn.Module:
     """Put every batch-norm layer of ``module`` in eval mode (call after ``module.train()``): a
     locked or few-shot-tuned CNN must keep its ImageNet statistics."""
@@ -115,6 +129,9 @@ class ImageEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.parts == (EMBEDDING,):
             return F.normalize(self.visual(x), dim=-1)
+        if self.spec.parts == (PATCHES,) and is_vit(self.visual):
+            out = self.visual.forward_intermediates(x, indices=list(self.spec.stages), stop_early=True, intermediates_only=True)
+            return patch_features(out["image_intermediates"], self.spec.pool)
         trunk = self.visual.trunk
         need_embedding = EMBEDDING in self.spec.parts
         final, maps = trunk.forward_intermediates(x, indices=list(self.spec.stages), stop_early=not need_embedding)

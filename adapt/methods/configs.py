@@ -128,7 +128,8 @@ class TipAdapterConfig:
 
 @dataclass
 class PatchCoreConfig:
-    stages: list[int] = hp(factory=lambda: [2], help="CNN trunk stages whose maps make the patch features (first = the heatmap grid)")
+    stages: list[int] = hp(factory=list, help="levels whose maps make the patch features (first = the heatmap grid): CNN trunk stages "
+                           "or ViT block indices; empty = stage 2 (stride 8) of a CNN, the middle block of a ViT")
     pool: int = hp(3, "local neighbourhood (odd, pixels of each stage map) averaged into a patch feature")
     coreset_fraction: float = hp(0.1, "share of the good patches kept in the memory bank (greedy coreset)")
     max_bank: int = hp(8192, "most patches kept in the memory bank (bounds ONNX size and latency)")
@@ -138,8 +139,10 @@ class PatchCoreConfig:
     seed: int = hp(0, "seed of the coreset's random projection and start")
 
     def __post_init__(self) -> None:
-        if not self.stages:
-            raise ValueError("stages must not be empty")
+        try:
+            self.stages = [int(s) for s in self.stages]
+        except ValueError:
+            raise ValueError(f"stages must be integers, got {self.stages}") from None
         if self.pool < 1 or self.pool % 2 == 0:
             raise ValueError(f"pool must be an odd number >= 1, got {self.pool}")
         if not 0 < self.coreset_fraction <= 1:

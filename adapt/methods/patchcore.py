@@ -25,7 +25,7 @@ import torch
 from adapt.core.anomaly_head import PatchCoreHead
 from adapt.core.classifier import ImageClassifier, PixelNormalizer
 from adapt.data.anomaly import DEFECTIVE
-from adapt.core.encoders import PATCHES, EncoderSpec, ImageEncoder
+from adapt.core.encoders import PATCHES, EncoderSpec, ImageEncoder, is_vit, patch_levels
 from adapt.core.features import load_pixels
 from adapt.methods.configs import PatchCoreConfig
 from adapt.methods.base import AdaptContext, FitResult, Method
@@ -94,11 +94,19 @@ def choose_threshold(scores: np.ndarray, defective: np.ndarray, good_quantile: f
     return float(candidates[best[len(best) // 2]])  # the middle of the best plateau
 
 
+CNN_STAGES = (2,)  # stride 8 of an EfficientNet trunk (measured: experiments/anomaly/)
+
+
 def patch_encoder(ctx: AdaptContext, cfg: PatchCoreConfig) -> ImageEncoder:
     visual = ctx.backbone.model.visual
-    if not hasattr(getattr(visual, "trunk", None), "forward_intermediates"):
-        raise ValueError(f"patchcore needs a CNN image tower with intermediate stages (e.g. adapt-effnet-lite0); {ctx.backbone.arch} has none")
-    return ImageEncoder(copy.deepcopy(visual), EncoderSpec((PATCHES,), tuple(cfg.stages), cfg.pool))
+    levels = patch_levels(visual)
+    if not levels:
+        raise ValueError(f"patchcore needs an image tower with intermediate maps (a timm CNN or an open_clip ViT); {ctx.backbone.arch} has none")
+    stages = tuple(cfg.stages) or ((levels // 2,) if is_vit(visual) else CNN_STAGES)
+    bad = [s for s in stages if not 0 <= s < levels]
+    if bad:
+        raise ValueError(f"--hp stages={','.join(map(str, stages))}: {ctx.backbone.arch} has levels 0-{levels - 1}")
+    return ImageEncoder(copy.deepcopy(visual), EncoderSpec((PATCHES,), stages, cfg.pool))
 
 
 def fit_patchcore(ctx: AdaptContext, cfg: PatchCoreConfig | None = None) -> FitResult:
@@ -136,7 +144,7 @@ def fit_patchcore(ctx: AdaptContext, cfg: PatchCoreConfig | None = None) -> FitR
     head.threshold = choose_threshold(val_scores, defective, cfg.good_quantile)
     head.scale = float(max(good_scores.std(), 1e-3 * max(abs(head.threshold), 1e-6)))
     params = {
-        "stages": list(cfg.stages), "pool": cfg.pool, "augment": cfg.augment, "bank_size": len(keep), "good_patches": len(patches),
+        "stages": list(encoder.spec.stages), "pool": cfg.pool, "augment": cfg.augment, "bank_size": len(keep), "good_patches": len(patches),
         "feature_dim": int(patches.shape[1]), "grid": grid, "top_k": top_k, "threshold": head.threshold, "scale": head.scale,
         "threshold_rule": "val_balanced_accuracy" if defective.any() else f"good_quantile_{cfg.good_quantile}",
     }

@@ -27,10 +27,10 @@ CLASSES = ("ok", "scratch", "spot", "crack")
 PHOTOS = ("brick", "grass", "gravel", "moon")
 
 
-def photos() -> dict[str, Image.Image]:
+def photos(names=PHOTOS) -> dict[str, Image.Image]:
     from skimage import data
 
-    return {name: Image.fromarray(getattr(data, name)()).convert("L") for name in PHOTOS}
+    return {name: Image.fromarray(getattr(data, name)()).convert("L") for name in names}
 
 
 def crop(photo: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
@@ -74,9 +74,9 @@ def draw_defect(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
 
 
-def write(out: Path, train_per_class: int, test_per_class: int, size: int, seed: int) -> Path:
+def write(out: Path, train_per_class: int, test_per_class: int, size: int, seed: int, names=PHOTOS) -> Path:
     rng = np.random.default_rng(seed)
-    sources = photos()
+    sources = photos(names)
     names = list(sources)
     for split, n in (("train", train_per_class), ("test", test_per_class)):
         for kind in CLASSES:
@@ -95,8 +95,9 @@ def main() -> None:
     ap.add_argument("--test-per-class", type=int, default=60)
     ap.add_argument("--size", type=int, default=192)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--photos", nargs="+", default=list(PHOTOS), choices=PHOTOS, help="surfaces to crop from (one = a single-surface line)")
     args = ap.parse_args()
-    print(write(Path(args.out), args.train_per_class, args.test_per_class, args.size, args.seed))
+    print(write(Path(args.out), args.train_per_class, args.test_per_class, args.size, args.seed, tuple(args.photos)))
 
 
 if __name__ == "__main__":

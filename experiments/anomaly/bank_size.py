@@ -71,7 +71,7 @@ def main() -> None:
         t = time.time()
         keep = greedy_coreset(patches, min(n, len(patches)))
         coreset_s = time.time() - t
-        head = PatchCoreHead(patches[keep], 0.0, 1.0, grid)
+        head = PatchCoreHead(patches[keep], 0.0, 1.0, grid, top_k=max(1, round(cfg.top_fraction * grid * grid)))
         s_val = image_scores(head, val)
         head.threshold = choose_threshold(s_val, split.split.val.labels != 0, cfg.good_quantile)
         head.scale = float(max(s_val[split.split.val.labels == 0].std(), 1e-6))

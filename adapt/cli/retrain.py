@@ -9,6 +9,7 @@ import sys
 from adapt.cli import checks, config_file
 from adapt.cli.common import add_backbone_options, parse_key_values
 from adapt.cli.tracking_options import add_tracking_options, make_hooks
+from adapt.contract.imageio import ResizeMode
 from adapt.errors import AdaptError
 from adapt.methods.configs import help_text, make_config
 from adapt.methods.names import Method
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unlabeled", default=None, metavar="DIR|CSV|elpv",
                    help="unlabeled images of the same line for semi-supervised adaptation (method linear): a folder, a CSV "
                    "with a path column, or elpv (its train pool); held-out test images in it are left out")
-    p.add_argument("--resize-mode", choices=("squash", "shortest"), default="squash",
+    p.add_argument("--resize-mode", choices=[m.value for m in ResizeMode], default=ResizeMode.SQUASH.value,
                    help="how images of any shape become the square model input: squash (scale both sides, nothing is cut "
                    "off) or shortest (scale the shorter side, centre-crop the longer: a defect near its ends is lost); "
                    "recorded in the exported model, which serving follows (default: %(default)s)")

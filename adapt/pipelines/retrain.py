@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from adapt import __version__
+from adapt.contract.imageio import ResizeMode
 from adapt.defaults import DEFAULT_ARCH
 from adapt.pipelines.default_backbone import load_backbone
 from adapt.data import few_shot_split, load_dataset
@@ -67,8 +68,7 @@ class RetrainConfig:
             raise ValueError("shots must be >= 1")
         if self.unlabeled and self.method is not Method.LINEAR:
             raise ValueError(f"--unlabeled is used by --method linear only (measured: experiments/unlabeled/results.md), not {self.method.value}")
-        if self.resize_mode not in ("squash", "shortest"):
-            raise ValueError(f"resize_mode must be squash or shortest, not {self.resize_mode!r}")
+        self.resize_mode = ResizeMode(self.resize_mode).value  # ValueError names the bad value
         if self.method is Method.PATCHCORE and not self.good_label:
             raise ValueError("--method patchcore needs --good-label LABEL (the class of good parts)")
         if self.output_dir is None:

@@ -28,11 +28,14 @@ RUN if ! command -v pip3 >/dev/null 2>&1; then \
 ENV PATH=/opt/adapt/bin:$PATH
 
 WORKDIR /app
-COPY requirements-serve.txt ./
+# requirements/serve.lock: the exact versions the tests ran with (refresh: bash requirements/refresh.sh).
+# The CUDA variant swaps the onnxruntime pin for onnxruntime-gpu, which is released on its own
+# schedule (often a minor version behind), so it takes the newest onnxruntime-gpu >= 1.20.
+COPY requirements/serve.lock ./
 RUN if [ "$VARIANT" = "cuda" ]; then \
-        sed 's/^onnxruntime\b.*/onnxruntime-gpu>=1.20/' requirements-serve.txt > /tmp/requirements.txt; \
+        sed 's/^onnxruntime==.*/onnxruntime-gpu>=1.20/' serve.lock > /tmp/requirements.txt; \
     else \
-        cp requirements-serve.txt /tmp/requirements.txt; \
+        cp serve.lock /tmp/requirements.txt; \
     fi \
     && pip install -r /tmp/requirements.txt
 

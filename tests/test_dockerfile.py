@@ -40,8 +40,8 @@ def test_image_is_a_non_root_grpc_server_with_a_health_check():
 @pytest.mark.parametrize("variant, runtime", [("cpu", "onnxruntime"), ("cuda", "onnxruntime-gpu")])
 def test_install_step_picks_one_onnxruntime_per_variant(tmp_path, variant, runtime):
     """Run the Dockerfile's requirements RUN line with a stand-in pip that records what it was asked."""
-    run = next(v[0] for c, v, _ in _instructions() if c == "RUN" and "requirements-serve.txt" in v[0])
-    (tmp_path / "requirements-serve.txt").write_text((ROOT / "requirements-serve.txt").read_text())
+    run = next(v[0] for c, v, _ in _instructions() if c == "RUN" and "serve.lock" in v[0])
+    (tmp_path / "serve.lock").write_text((ROOT / "requirements" / "serve.lock").read_text())
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "pip").write_text(f'#!/bin/sh\ncp "$3" "{tmp_path}/asked.txt"\n')
@@ -50,29 +50,29 @@ def test_install_step_picks_one_onnxruntime_per_variant(tmp_path, variant, runti
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "VARIANT": variant}
     subprocess.run(["sh", "-c", script], cwd=tmp_path, env=env, check=True)
     asked = [line.split(">=")[0].split("==")[0].strip() for line in (tmp_path / "asked.txt").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+             if line.strip() and not line.lstrip().startswith("#")]
     assert runtime in asked
     assert {"onnxruntime", "onnxruntime-gpu"} & set(asked) == {runtime}  # never both
 
 
 @pytest.mark.unit
-def test_serving_requirements_are_what_the_tests_run_with():
+def test_serving_image_gets_the_versions_the_tests_run_with():
+    # every package the image installs (requirements/serve.lock) that this test environment has too
+    # is at the same version, so what the serving tests passed with is what the image runs
     from packaging.requirements import Requirement
 
-    for line in (ROOT / "requirements-serve.txt").read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
+    for line in (ROOT / "requirements" / "serve.lock").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
             continue
         req = Requirement(line)
-        names = [req.name, "mlflow"] if req.name == "mlflow-skinny" else [req.name]
-        installed = None
-        for name in names:
-            try:
-                installed = version(name)
-                break
-            except PackageNotFoundError:
-                continue
-        assert installed is not None, f"{req.name} is not installed"
-        assert req.specifier.contains(installed, prereleases=True), f"{req.name} {installed} does not satisfy {req}"
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            installed = version(req.name)
+        except PackageNotFoundError:
+            pytest.fail(f"{req.name} is in the serving image but not installed here")
+        assert req.specifier.contains(installed, prereleases=True), f"{req.name} {installed} here, image: {req}"
 
 
 BLOCKER = textwrap.dedent(

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import csv
+import re
+import shutil
+import subprocess
+import sys
 import threading
+import tomllib
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from packaging.version import Version
 from serving_fixtures import expected_label, image_bytes, make_tiny_onnx
 
 from adapt.contract.imageio import ImageDecodeError, bytes_to_model_pixels
@@ -25,17 +31,58 @@ from services.sources import FileSource, SourceError
 pytestmark = pytest.mark.unit
 
 
-def test_committed_stubs_match_the_proto(tmp_path):
-    fresh = {p.name: p.read_text() for p in generate_protos.generate(tmp_path)}
-    committed = {name: (generate_protos.OUT_DIR / name).read_text() for name in fresh}
-    stale = [name for name in fresh if fresh[name] != committed[name]]
+def test_committed_stubs_match_the_proto():
+    stale = generate_protos.stale_stubs()
     assert not stale, f"services/proto/{stale} drifted from protos/; run `python -m services.generate_protos`"
 
 
-def test_serving_path_does_not_import_torch_or_mlflow():
-    import subprocess
-    import sys
+def test_a_changed_proto_without_regenerated_stubs_is_caught(tmp_path):
+    protos = tmp_path / "protos"
+    shutil.copytree(generate_protos.PROTO_ROOT, protos)
+    proto = protos / generate_protos.PROTO_FILES[0]
+    text = proto.read_text()
+    assert "bool heatmap = 4;" in text
+    proto.write_text(text.replace("bool heatmap = 4;", "bool heatmap = 4;\n  string camera_id = 5;", 1))
+    stale = generate_protos.stale_stubs(proto_root=protos)
+    assert "inspection_pb2.py" in stale and "inspection_pb2.pyi" in stale
 
+
+def test_a_newer_generator_version_stamp_is_not_drift(tmp_path):
+    # what a newer grpcio-tools writes: the same code under a newer version line
+    for stub in generate_protos.OUT_DIR.glob("inspection_pb2*"):
+        text = stub.read_text()
+        text = re.sub(r"GRPC_GENERATED_VERSION = '[^']*'", "GRPC_GENERATED_VERSION = '9.99.9'", text)
+        text = text.replace("# Protobuf Python Version: ", "# Protobuf Python Version: 9.")
+        (tmp_path / stub.name).write_text(text)
+    assert "'9.99.9'" in (tmp_path / "inspection_pb2_grpc.py").read_text()
+    assert generate_protos.stale_stubs(committed_dir=tmp_path) == []
+
+
+def _pyproject_floor(package: str) -> Version:
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((generate_protos.REPO_ROOT / "pyproject.toml").read_text())["project"]
+    (req,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == package]
+    (floor,) = [Version(s.version) for s in req.specifier if s.operator in (">=", "==")]
+    return floor
+
+
+def test_stub_runtime_guards_hold_for_every_version_pyproject_admits():
+    # The generated stubs refuse to import under an older grpcio / protobuf than their generator;
+    # pyproject.toml's floors must be at least the committed stamps, or a user whose resolver picks
+    # the floor gets a RuntimeError at `adapt serve`.
+    grpc_stub = (generate_protos.OUT_DIR / "inspection_pb2_grpc.py").read_text()
+    grpc_stamp = Version(re.search(r"GRPC_GENERATED_VERSION = '([^']*)'", grpc_stub).group(1))
+    pb2 = (generate_protos.OUT_DIR / "inspection_pb2.py").read_text()
+    protobuf_stamp = Version(re.search(r"# Protobuf Python Version: (\S+)", pb2).group(1))
+    assert grpc_stamp <= _pyproject_floor("grpcio")
+    assert protobuf_stamp <= _pyproject_floor("protobuf")
+    # and the installed runtime passes the guards (a fresh interpreter runs them at import)
+    code = "import services.proto.inspection_pb2_grpc"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=generate_protos.REPO_ROOT)
+
+
+def test_serving_path_does_not_import_torch_or_mlflow():
     code = (
         "import sys, services.server, services.client, adapt.cli.serve, adapt.cli.classify\n"
         "bad = [m for m in ('torch', 'lightning', 'open_clip', 'mlflow') if m in sys.modules]\n"

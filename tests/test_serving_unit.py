@@ -108,7 +108,7 @@ def test_classifier_reads_metadata_and_answers_by_brightness(tmp_path):
 )
 def test_spin_modes_set_onnx_runtime_session_entries(tmp_path, spin, entries):
     model = OnnxClassifier(make_tiny_onnx(tmp_path / "m.onnx"), RuntimeConfig(intra_op_threads=1, spin=spin))
-    options = model._session.get_session_options()
+    options = model.session.get_session_options()
     for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):
         if key in entries:
             assert options.get_session_config_entry(key) == entries[key]

@@ -35,12 +35,11 @@ def run(args: argparse.Namespace) -> int:
     if model.torch_path is None:
         raise AdaptError(f"{args.model} has no classifier.pt to export from")
     from adapt.core.classifier import load_classifier
-    from adapt.core.export import check_parity, export_onnx
+    from adapt.core.export import export_checked
 
     classifier = load_classifier(model.torch_path)
     if args.reject_threshold is not None:
         classifier.info.reject_threshold = args.reject_threshold
-    out = export_onnx(classifier, args.out, model_name=args.name or model.name, model_version=args.version or model.version, check=False)
-    err = check_parity(classifier, out)
+    out, err = export_checked(classifier, args.out, model_name=args.name or model.name, model_version=args.version or model.version)
     print(f"wrote {out} ({len(classifier.labels)} classes, input {classifier.info.image_size}px; ONNX vs torch max |dp| = {err:.1e})")
     return 0

@@ -27,6 +27,7 @@ import open_clip
 import torch
 
 from adapt.core import imagenet
+from adapt.contract.digest import file_sha256
 from adapt.core.encoders import EMBEDDING, STAGES, EncoderSpec, spec_for
 from adapt.defaults import BUILTIN_ARCHS, DEFAULT_ARCH
 from adapt.errors import BackboneError, first_line
@@ -72,11 +73,6 @@ class Backbone:
 
     def describe(self) -> str:
         return f"{self.arch}@{self.pretrained}"
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def state_dict_hash(model: torch.nn.Module) -> str:

@@ -20,7 +20,8 @@ import torch
 
 from adapt.core.classifier import ImageClassifier
 from adapt.errors import AdaptError
-from adapt.contract.modelmeta import HEATMAP_NAME, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata, ort_providers
+from adapt.contract.modelmeta import HEATMAP_NAME, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata
+from adapt.contract.runtime import OnnxRunner, RuntimeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,20 @@ def export_onnx(
     model_version: str = "",
     check: bool = True,
 ) -> Path:
-    """Write ``classifier`` as ONNX to ``path`` (atomically) and, by default, verify parity."""
+    """Write ``classifier`` as ONNX to ``path`` (atomically) and, by default, verify parity first
+    (``AdaptError`` and nothing written when ONNX Runtime and torch disagree)."""
+    return export_checked(classifier, path, model_name=model_name, model_version=model_version, check=check)[0]
+
+
+def export_checked(
+    classifier: ImageClassifier,
+    path: str | Path,
+    *,
+    model_name: str = "",
+    model_version: str = "",
+    check: bool = True,
+) -> tuple[Path, float | None]:
+    """``export_onnx`` that also returns the parity check's max |p_onnx - p_torch| (None unchecked)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     classifier = copy.deepcopy(classifier).eval().cpu()  # the caller's model stays where it is
@@ -61,11 +75,15 @@ def export_onnx(
     metadata = classifier.info.metadata(model_name, model_version)
     set_metadata(model, metadata)
     onnx.save_model(model, tmp)
-    tmp.replace(path)
-    if check:
-        err = check_parity(classifier, path)
-        logger.info("exported %s (ONNX Runtime vs torch: max |dp| = %.2e)", path, err)
-    return path
+    err = None
+    try:
+        if check:  # on the temporary file: a graph that fails never replaces the model at ``path``
+            err = check_parity(classifier, tmp)
+            logger.info("exported %s (ONNX Runtime vs torch: max |dp| = %.2e)", path, err)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path, err
 
 
 class _WithAnomalyMap(torch.nn.Module):
@@ -88,12 +106,8 @@ def set_metadata(model: onnx.ModelProto, metadata: ClassifierMetadata) -> None:
 
 
 def ort_session(path: str | Path, threads: int = 0):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=ort_providers())
+    """The ONNX Runtime session of an exported model, with the contract runner's options."""
+    return OnnxRunner(path, RuntimeConfig(intra_op_threads=threads)).session
 
 
 def check_parity(classifier: ImageClassifier, path: str | Path, n: int = 4, seed: int = 0, tolerance: float = PARITY_TOLERANCE) -> float:
@@ -106,14 +120,15 @@ def check_parity(classifier: ImageClassifier, path: str | Path, n: int = 4, seed
         on_cpu = all(t.device.type == "cpu" for t in classifier.parameters())
         reference = classifier if on_cpu else copy.deepcopy(classifier).cpu()
         expected = reference.eval()(torch.from_numpy(pixels)).numpy()
-    got = ort_session(path).run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
+    runner = OnnxRunner(path)
+    got = runner.predict(pixels)
     err = float(np.abs(expected - got).max())
     if not err <= tolerance:
         raise AdaptError(f"ONNX export parity check failed: max |p_onnx - p_torch| = {err:.2e} > {tolerance:.0e}")
     if classifier.has_anomaly_map:
         with torch.no_grad():
             expected_map = reference.forward_with_map(torch.from_numpy(pixels))[1].numpy()
-        got_map = ort_session(path).run([HEATMAP_NAME], {INPUT_NAME: pixels})[0]
+        got_map = runner.predict_with_heatmap(pixels)[1]
         map_err = float(np.abs(expected_map - got_map).max() / max(1e-6, float(np.abs(expected_map).max())))
         if not map_err <= 1e-3:
             raise AdaptError(f"ONNX export parity check failed: anomaly map differs by {map_err:.2e} of its range (> 1e-3)")

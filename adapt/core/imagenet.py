@@ -14,7 +14,6 @@ The networks expect ``(x - 127) / 128`` on 0..255 pixels, i.e. mean 127/255 and 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import io
 import logging
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from adapt.contract.digest import file_sha256
 from adapt.errors import BackboneError
 
 logger = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ def weights_path(net: str) -> Path:
 
 
 def weights_digest(net: str) -> str:
-    with open(weights_path(net), "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+    return file_sha256(weights_path(net))[:16]
 
 
 def map_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Run an exported ONNX classifier over an ``ImageSet`` (evaluation uses exactly what is served)."""
+"""Run an exported ONNX classifier over an ``ImageSet`` with the contract's ``OnnxRunner``, the
+runner the service uses (evaluation measures exactly what is served)."""
 
 from __future__ import annotations
 
@@ -10,27 +11,29 @@ from tqdm.auto import tqdm
 from adapt.data.images import ImageSet
 from adapt.errors import DataError
 from adapt.contract.imageio import ImageDecodeError, to_model_pixels
-from adapt.contract.modelmeta import INPUT_NAME, OUTPUT_NAME, ClassifierMetadata
+from adapt.contract.modelmeta import ClassifierMetadata
+from adapt.contract.runtime import OnnxRunner, RuntimeConfig
 
 
 def predict_onnx(
     path: str | Path, images: ImageSet, meta: ClassifierMetadata, batch_size: int = 64, progress: bool = True, threads: int = 0
 ) -> np.ndarray:
     """Probabilities ``[N, C]`` in the model's label order."""
-    from adapt.core.export import ort_session
+    runner = OnnxRunner(path, RuntimeConfig(intra_op_threads=threads))
 
-    session = ort_session(path, threads)
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="evaluating", disable=not progress, leave=False, unit="batch"):
-        batch = []
-        for i in range(start, min(start + batch_size, len(images))):
-            try:
-                img = images.load(i)
-            except ImageDecodeError as exc:
-                raise DataError(str(exc)) from exc
-            batch.append(to_model_pixels(img, meta.image_size, meta.resize_mode))
-        out.append(session.run([OUTPUT_NAME], {INPUT_NAME: np.stack(batch)})[0])
-    return np.concatenate(out) if out else np.empty((0, len(meta.labels)), dtype=np.float32)
+    def batches():
+        for start in tqdm(range(0, len(images), batch_size), desc="evaluating", disable=not progress, leave=False, unit="batch"):
+            yield np.stack([_pixels(images, i, meta) for i in range(start, min(start + batch_size, len(images)))])
+
+    return runner.predict_batches(batches())
+
+
+def _pixels(images: ImageSet, i: int, meta: ClassifierMetadata) -> np.ndarray:
+    try:
+        img = images.load(i)
+    except ImageDecodeError as exc:
+        raise DataError(str(exc)) from exc
+    return to_model_pixels(img, meta.image_size, meta.resize_mode)
 
 
 def align_labels(images: ImageSet, meta: ClassifierMetadata) -> np.ndarray:

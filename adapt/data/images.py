@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from adapt.contract.digest import file_sha256
 from adapt.contract.imageio import read_image
 
 
@@ -26,7 +27,7 @@ def _read_file(root: str, key: str) -> Image.Image:
 def _file_digest(root: str, key: str) -> str:
     path = Path(root) / key
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:
         return "missing"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adapt.contract.digest import file_sha256
 from adapt.data.images import ImageSet
 from adapt.errors import DataError
 from adapt.contract.imageio import IMAGE_EXTENSIONS
@@ -66,7 +67,7 @@ def _csv_paths(manifest: Path) -> list[str]:
 
 def _content(root: str, key: str) -> str:
     try:
-        return hashlib.sha256((Path(root) / key).read_bytes()).hexdigest()
+        return file_sha256(Path(root) / key)
     except OSError:
         return ""
 

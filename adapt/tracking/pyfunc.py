@@ -3,9 +3,9 @@
 This file is logged as the model's code (MLflow "models from code": no pickle); loading the
 model runs it, and ``set_model`` at the bottom names the model object.
 
-The model wraps the ONNX file (``artifacts/model.onnx``) and answers with ONNX Runtime; it
-imports only NumPy, Pillow, pandas, ONNX Runtime and the torch-free ``adapt.contract.imageio`` /
-``adapt.contract.modelmeta``, so serving it never loads torch.
+The model wraps the ONNX file (``artifacts/model.onnx``) and runs it with the contract's
+``OnnxRunner`` (the service's session options); it imports only NumPy, Pillow, pandas, ONNX Runtime
+and the torch-free ``adapt.contract``, so serving it never loads torch.
 
 Request: a DataFrame with one column ``image`` holding base64-encoded image files (PNG, JPEG,
 BMP, TIFF), e.g. ``POST /invocations`` with
@@ -26,12 +26,7 @@ import numpy as np
 import pandas as pd
 
 from adapt.contract.imageio import ImageDecodeError, bytes_to_model_pixels
-from adapt.contract.modelmeta import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    ort_providers,
-    read_session,
-)
+from adapt.contract.runtime import OnnxRunner
 
 ONNX_ARTIFACT = "onnx_model"  # pyfunc artifact key of the ONNX file
 TORCH_ARTIFACT = "torch_classifier"  # classifier.pt, kept for `adapt export --model models:/...`
@@ -64,20 +59,15 @@ class OnnxImageClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc around an exported classifier: base64 images in, labels and probabilities out."""
 
     def load_context(self, context) -> None:
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(context.artifacts[ONNX_ARTIFACT], providers=ort_providers())
-        self.meta = read_session(self.session)
+        self.runner = OnnxRunner(context.artifacts[ONNX_ARTIFACT])
+        self.meta = self.runner.metadata
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
             raise ValueError(f"expected a DataFrame with a column '{IMAGE_COLUMN}' of base64-encoded images")
-        pixels = np.stack([self._pixels(value, i) for i, value in enumerate(model_input[IMAGE_COLUMN])]) if len(model_input) else None
         labels = self.meta.labels
-        if pixels is None:
-            probs = np.zeros((0, len(labels)), dtype=np.float32)
-        else:
-            probs = self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
+        pixels = [self._pixels(value, i) for i, value in enumerate(model_input[IMAGE_COLUMN])]
+        probs = self.runner.predict_batches([np.stack(pixels)] if pixels else [])
         top = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
         top_p = probs[np.arange(len(probs)), top] if len(probs) else np.zeros(0)
         out = pd.DataFrame({

@@ -50,7 +50,7 @@ def load(path: Path, threads: int, spinning: str) -> OnnxClassifier:
 
 def server_spinning(path: Path, threads: int) -> str:
     """Which of ``SPINNING`` the server's own session (``services.model.OnnxClassifier``) uses."""
-    options = OnnxClassifier(path, RuntimeConfig(intra_op_threads=threads))._session.get_session_options()
+    options = OnnxClassifier(path, RuntimeConfig(intra_op_threads=threads)).session.get_session_options()
 
     def entry(key: str, default: str) -> str:
         try:

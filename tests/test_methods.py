@@ -116,8 +116,8 @@ def test_lora_merges_its_adapters_without_changing_the_function(head, context):
     assert set(after) == set(before)  # merged: plain module names, no lora_ parameters left
     assert result.params["trainable_parameters"] > 0
     changed = [k for k in before if not torch.equal(before[k], after[k])]
-    if result.params["best_epoch"] >= 0:  # a trained epoch won on validation: its adapters are in the weights
-        assert any("attn" in k for k in changed) and any("c_fc" in k for k in changed)
+    assert result.params["best_epoch"] >= 0  # a trained epoch beat the start on validation: its adapters are in the weights
+    assert any("attn" in k for k in changed) and any("c_fc" in k for k in changed)
     # the merged, exported-to-be classifier computes what the adapted network computed
     with torch.no_grad():
         merged = clf(load_pixels(ctx.split.val, 32, progress=False)).numpy()
@@ -138,8 +138,8 @@ def test_lora_on_a_cnn_tower_adapts_its_pointwise_convs_and_keeps_batch_norm_sta
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     stats = {k for k in before if "running_" in k or "num_batches" in k}
     assert not (changed & stats)  # batch-norm statistics are ImageNet's, untouched by 8 training images
-    if result.params["best_epoch"] >= 0:
-        assert changed and all(".conv_pw" in k for k in changed)  # conv_pw and conv_pwl, nothing else
+    assert result.params["best_epoch"] >= 0  # a trained epoch won: the merged adapters changed the weights
+    assert changed and all(".conv_pw" in k for k in changed)  # conv_pw and conv_pwl, nothing else
     with torch.no_grad():
         merged = result.classifier(load_pixels(ctx.split.val, 32, progress=False)).numpy()
     np.testing.assert_allclose(merged, result.val_probabilities, atol=1e-5)
@@ -246,3 +246,47 @@ def test_the_methods_do_not_import_lightning():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]; print(bad); assert not bad")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.integration
+def test_coop_keeps_a_trained_context_that_beat_its_initial_prompt(context):
+    data, ctx = context
+    flags = {n: p.requires_grad for n, p in ctx.backbone.model.named_parameters()}
+    result = fit(Method.COOP, ctx, make_config(Method.COOP, {"epochs": "4", "lr": "1e-2", "init": ""}))
+    assert result.params["best_epoch"] >= 0  # an epoch of training beat the random start on validation
+    zero = fit(Method.ZEROSHOT, ctx).classifier.head.weight
+    assert not torch.allclose(result.classifier.head.weight, zero, atol=1e-3)  # learned prompts, not the templates
+    assert {n: p.requires_grad for n, p in ctx.backbone.model.named_parameters()} == flags  # the shared backbone is left as it was
+
+
+@pytest.mark.unit
+def test_reject_threshold_accepts_the_confident_predictions_that_reach_the_target():
+    from adapt.core.evaluation import choose_reject_threshold
+
+    top = np.array([0.99, 0.97, 0.95, 0.9, 0.8, 0.7, 0.62, 0.55])
+    probs = np.stack([top, 1 - top], axis=1)
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 0])  # the 6th and 7th most confident are wrong
+    t = choose_reject_threshold(probs, labels, target_accuracy=0.95, max_review_rate=0.5)
+    assert 0.7 < t < 0.8  # accepts the 5 right ones, sends the rest to review
+    accepted = top >= t
+    assert (probs.argmax(1)[accepted] == labels[accepted]).all() and accepted.sum() == 5
+    # the target out of reach: review stops at max_review_rate
+    t = choose_reject_threshold(probs, 1 - labels, target_accuracy=0.95, max_review_rate=0.25)
+    assert (top >= t).mean() == 0.75
+    assert choose_reject_threshold(probs, labels, target_accuracy=0.5) == 0.0  # reached with everything accepted
+    assert choose_reject_threshold(None, np.array([])) == 0.0  # no validation images: never review
+
+
+@pytest.mark.unit
+def test_the_registry_is_the_one_list_of_methods_and_their_option_rules():
+    from adapt.methods import registry
+
+    assert set(registry.names()) == {m.value for m in Method}
+    assert [s.name for s in registry.auto_candidates()] == ["linear", "lora", "tip-adapter"]
+    assert "patchcore" in [s.name for s in registry.auto_candidates(good_label="ok")]
+    registry.check_options("patchcore", good_label="ok")
+    registry.check_options("linear", unlabeled=True)
+    for method, kwargs, message in [("patchcore", {}, "needs --good-label"), ("lora", {"good_label": "ok"}, "--good-label is for --method patchcore"),
+                                    ("lora", {"unlabeled": True}, "--unlabeled is used by --method linear only"), ("nope", {}, "unknown method 'nope'")]:
+        with pytest.raises(ValueError, match=message):
+            registry.check_options(method, **kwargs)

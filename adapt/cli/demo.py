@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "through it with the inspection client, and prints accuracy, throughput, latency and where to look next.",
     )
     p.add_argument("--data", default="elpv", help="dataset (default: %(default)s; elpv:4class, a folder or a CSV work too)")
-    p.add_argument("--method", choices=("zeroshot", "linear", "coop", "lora", "tip-adapter"), default="linear",
+    from adapt.methods import registry
+
+    p.add_argument("--method", choices=[n for n in registry.names() if not registry.get(n).needs_good_label], default="linear",
                    help="adaptation method (default: %(default)s)")
     p.add_argument("--shots", type=int, default=16, help="labelled images per class (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="few-shot draw seed (default: %(default)s)")

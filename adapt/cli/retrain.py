@@ -11,10 +11,7 @@ from adapt.cli.common import add_backbone_options, parse_key_values
 from adapt.cli.tracking_options import add_tracking_options, make_hooks
 from adapt.contract.imageio import ResizeMode
 from adapt.errors import AdaptError
-from adapt.methods.configs import help_text, make_config
-from adapt.methods.names import Method
-
-METHODS = tuple(m.value for m in Method)
+from adapt.methods import registry
 
 EPILOG_TEMPLATE = """\
 examples:
@@ -36,12 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Few-shot adaptation: draws --shots images per class (and as many for validation) from the "
         "training pool with --seed, fits --method, chooses hyper-parameters and the reject threshold on the "
         "validation images only, exports model.onnx and evaluates it on the held-out test split.",
-        epilog=EPILOG_TEMPLATE.format(hp_help=help_text()),
+        epilog=EPILOG_TEMPLATE.format(hp_help=registry.help_text()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config_file.add_option(p)
     p.add_argument("--data", required=True, help="folder ROOT/<label>/*.png, CSV manifest path,label[,split], elpv[:4class][:mono|:poly], or synthetic")
-    p.add_argument("--method", choices=METHODS, default="linear", help="adaptation method (default: %(default)s)")
+    p.add_argument("--method", choices=registry.names(), default="linear", help="adaptation method (default: %(default)s)")
     p.add_argument("--shots", type=int, default=16, help="labelled training images per class (default: %(default)s)")
     p.add_argument("--good-label", default="", metavar="LABEL",
                    help="anomaly methods (patchcore): the class of good parts; --shots good images build the model, every other class is 'defective' and used only for validation and testing")
@@ -80,15 +77,15 @@ def run(args: argparse.Namespace) -> int:
     checks.check_weights(args.pretrained)
     hparams, descriptions = parse_key_values(args.hp, "--hp"), parse_key_values(args.describe, "--describe")
     try:
-        make_config(args.method, hparams)  # unknown or malformed --hp: one line, before torch is imported
+        registry.make_config(args.method, hparams)  # unknown or malformed --hp: one line, before torch is imported
     except (TypeError, ValueError) as exc:
         raise AdaptError(f"--hp: {exc}") from exc
     if args.shots < 1:
         raise AdaptError("--shots must be >= 1")
-    if args.method == Method.PATCHCORE.value and not args.good_label:
-        raise AdaptError("--method patchcore needs --good-label LABEL (the class of good parts)")
-    if args.good_label and args.method != Method.PATCHCORE.value:
-        raise AdaptError(f"--good-label is for --method patchcore, not {args.method}")
+    try:
+        registry.check_options(args.method, args.good_label, bool(args.unlabeled))
+    except ValueError as exc:
+        raise AdaptError(str(exc)) from exc
     hooks = make_hooks(args)  # checks the tracking store in seconds, before heavy imports and any work
     from adapt.pipelines.retrain import RetrainConfig, run_retrain
 

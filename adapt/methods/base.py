@@ -92,7 +92,7 @@ class AdaptContext:
         if self.on_metrics is not None:
             self.on_metrics(metrics, step)
 
-    def info(self, method: Method, extra: dict | None = None) -> ClassifierInfo:
+    def info(self, method: Method | str, extra: dict | None = None) -> ClassifierInfo:
         b = self.backbone
         return ClassifierInfo(
             labels=list(self.classes),
@@ -100,7 +100,7 @@ class AdaptContext:
             mean=list(b.mean),
             std=list(b.std),
             resize_mode=b.resize_mode,
-            method=method.value,
+            method=getattr(method, "value", method),
             backbone=b.describe(),
             arch=b.arch,
             model_cfg=b.model_cfg,

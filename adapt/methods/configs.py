@@ -1,8 +1,8 @@
 """The methods' hyper-parameters: typed dataclasses with one line of help per field, no torch.
 
 They are the one source of ``--hp`` names, defaults, parsing and ``adapt retrain --help``, and the
-CLI validates ``--hp`` with them before any heavy import. The methods themselves live in
-``adapt.methods`` (torch, open_clip, peft).
+CLI validates ``--hp`` with them before any heavy import. Which method uses which config is
+``adapt.methods.registry``; the methods themselves live in ``adapt.methods`` (torch, open_clip, peft).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from adapt.errors import AdaptError
-from adapt.methods.names import Method
 
 
 def hp(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING):
@@ -157,31 +156,14 @@ class PatchCoreConfig:
             raise ValueError(f"augment must be 'none' or 'dihedral', got {self.augment!r}")
 
 
-CONFIGS: dict[Method, type] = {
-    Method.ZEROSHOT: ZeroShotConfig,
-    Method.LINEAR: LinearConfig,
-    Method.COOP: CoOpConfig,
-    Method.LORA: LoraConfig,
-    Method.TIP_ADAPTER: TipAdapterConfig,
-    Method.PATCHCORE: PatchCoreConfig,
-}
-
-
-def config_fields(method: Method | str) -> dict[str, Any]:
-    """Hyper-parameter names and defaults of a method."""
-    config_cls = CONFIGS[Method(method)]
-    return {f.name: getattr(config_cls(), f.name) for f in dataclasses.fields(config_cls)}
-
-
-def make_config(method: Method | str, overrides: dict[str, str] | None = None):
-    """Build a method's config from ``KEY=VALUE`` strings, parsed by the default's type."""
-    config_cls = CONFIGS[Method(method)]
+def build_config(config_cls: type, overrides: dict[str, str] | None = None, method: str = ""):
+    """A config of ``config_cls`` from ``KEY=VALUE`` strings, parsed by the default's type."""
     defaults = config_cls()
     kwargs = {}
     for key, text in (overrides or {}).items():
         if not hasattr(defaults, key):
-            known = ", ".join(config_fields(method)) or "none"
-            raise ValueError(f"unknown hyper-parameter '{key}' for {Method(method).value} (known: {known})")
+            known = ", ".join(f.name for f in dataclasses.fields(config_cls)) or "none"
+            raise ValueError(f"unknown hyper-parameter '{key}' for {method or config_cls.__name__} (known: {known})")
         kwargs[key] = _parse_like(getattr(defaults, key), text)
     return config_cls(**kwargs)
 
@@ -204,24 +186,3 @@ def _parse_like(default: Any, text: str) -> Any:
         kind = type(default[0]) if default else str
         return [kind(t) for t in items]
     return text
-
-
-def help_text() -> str:
-    """``--hp`` names, defaults and help of every method, for ``adapt retrain --help``."""
-    lines = []
-    for method, config_cls in CONFIGS.items():
-        fields = dataclasses.fields(config_cls)
-        if not fields:
-            lines.append(f"  {method.value}: none")
-            continue
-        lines.append(f"  {method.value}:")
-        defaults = config_cls()
-        for f in fields:
-            value = getattr(defaults, f.name)
-            shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, list) else value
-            shown = str(shown)
-            if len(shown) > 40:
-                shown = shown[:37] + "..."
-            lines.append(f"    {f.name}={shown}")
-            lines.append(f"        {f.metadata.get('help', '')}")
-    return "\n".join(lines)

@@ -1,7 +1,7 @@
-"""The names of the adaptation methods, importable without torch.
+"""Names of the built-in methods, as constants for code and tests (importable without torch).
 
-``adapt.methods`` implements them (and re-exports ``Method``); the CLI checks ``--method``
-against this list before it imports anything heavy.
+What methods exist, and what each needs, is ``adapt.methods.registry``: a method added there
+needs no name here.
 """
 
 from __future__ import annotations

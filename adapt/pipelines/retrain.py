@@ -21,9 +21,10 @@ from adapt import __version__
 from adapt.contract.imageio import ResizeMode
 from adapt.defaults import DEFAULT_ARCH
 from adapt.pipelines.default_backbone import load_backbone
-from adapt.data import few_shot_split, load_dataset
+from adapt.data import load_dataset
 from adapt.core.evaluation import choose_reject_threshold, compute_metrics, save_confusion_matrix, save_metrics
-from adapt.methods import AdaptContext, Method, fit, make_config
+from adapt.methods import AdaptContext
+from adapt.methods import registry
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ MODEL_FILE, TORCH_FILE, METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE = (
 @dataclass
 class RetrainConfig:
     data: str  # folder, CSV, elpv[...], synthetic[...]
-    method: Method = Method.LINEAR
+    method: str = "linear"  # a name in adapt.methods.registry
     shots: int = 16  # labelled training images per class
     seed: int = 1  # few-shot draw, initialisation, training order
     val_shots: int | None = None  # validation images per class (default: same as shots, at least 2)
@@ -63,18 +64,15 @@ class RetrainConfig:
     good_label: str = ""  # anomaly methods (patchcore): the class to learn from; every other class is "defective"
 
     def __post_init__(self) -> None:
-        self.method = Method(self.method)
+        self.method = registry.get(self.method).name
         if self.shots < 1:
             raise ValueError("shots must be >= 1")
-        if self.unlabeled and self.method is not Method.LINEAR:
-            raise ValueError(f"--unlabeled is used by --method linear only (measured: experiments/unlabeled/results.md), not {self.method.value}")
+        registry.check_options(self.method, self.good_label, bool(self.unlabeled))
         self.resize_mode = ResizeMode(self.resize_mode).value  # ValueError names the bad value
-        if self.method is Method.PATCHCORE and not self.good_label:
-            raise ValueError("--method patchcore needs --good-label LABEL (the class of good parts)")
         if self.output_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             safe = str(self.data).replace("/", "_").replace(":", "-").strip("._") or "data"
-            self.output_dir = Path("runs") / "retrain" / f"{safe}-{self.method.value}-{self.shots}shot-seed{self.seed}-{stamp}"
+            self.output_dir = Path("runs") / "retrain" / f"{safe}-{self.method}-{self.shots}shot-seed{self.seed}-{stamp}"
         self.output_dir = Path(self.output_dir)
 
 
@@ -145,17 +143,12 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     hooks = hooks or RunHooks()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    method_cfg = make_config(cfg.method, cfg.hparams)  # bad hyper-parameters fail before any work
+    spec = registry.get(cfg.method)
+    method_cfg = registry.make_config(spec.name, cfg.hparams)  # bad hyper-parameters fail before any work
     data = load_dataset(cfg.data, test_fraction=cfg.test_fraction, strict=cfg.strict_images)
     data = _with_extra_training_images(data, cfg.include, cfg.strict_images)
-    anomaly = None
-    if cfg.method is Method.PATCHCORE:  # binary good/defective; the bank sees K good images only
-        from adapt.data.anomaly import anomaly_split
-
-        anomaly = anomaly_split(data, cfg.good_label, cfg.shots, cfg.seed, cfg.val_shots)
-        data, split = anomaly.data, anomaly.split
-    else:
-        split = few_shot_split(data.train, cfg.shots, cfg.seed, cfg.val_shots)
+    prepared = spec.split(data, cfg.shots, cfg.seed, cfg.val_shots, cfg.good_label)
+    data, split = prepared.data, prepared.split
     logger.info(
         "%s: %d classes, %d train + %d val few-shot images, %d held-out test images",
         data.name, len(data.classes), len(split.train), len(split.val), len(data.test),
@@ -165,7 +158,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     timings["load_s"] = time.perf_counter() - t0
     descriptions = {**data.descriptions, **cfg.descriptions}
     params = {
-        "method": cfg.method.value,
+        "method": spec.name,
         "shots": cfg.shots,
         "val_shots": len(split.val) // max(1, len(data.classes)),
         "seed": cfg.seed,
@@ -186,8 +179,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         unlabeled = load_unlabeled(cfg.unlabeled, exclude=data.test)
         params.update({"unlabeled": cfg.unlabeled, "unlabeled_images": len(unlabeled), "unlabeled_fingerprint": unlabeled_fingerprint(unlabeled)})
         logger.info("%d unlabeled image(s) from %s (fingerprint %s)", len(unlabeled), cfg.unlabeled, params["unlabeled_fingerprint"])
-    if anomaly is not None:
-        params.update(good_label=cfg.good_label, defect_classes=list(anomaly.defect_classes))
+    params.update(prepared.params)
     hooks.started(params)
     counts = {"train_pool": len(data.train), "test": len(data.test), "few_shot_train": len(split.train), "few_shot_val": len(split.val)}
     if unlabeled is not None:
@@ -195,7 +187,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     hooks.dataset(data.name, params["dataset_fingerprint"], str(cfg.data), counts)
 
     t1 = time.perf_counter()
-    fitted = fit(cfg.method, retrain_context(cfg, backbone, split, descriptions, hooks, unlabeled), method_cfg)
+    fitted = spec.fit(retrain_context(cfg, backbone, split, descriptions, hooks, unlabeled), method_cfg)
     timings["adapt_s"] = time.perf_counter() - t1
     params.update({f"chosen.{k}": v for k, v in fitted.params.items() if not isinstance(v, (list, dict))})
 
@@ -222,19 +214,17 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     meta = classifier.info.metadata()
     probs = predict_onnx(model_path, data.test, meta, progress=cfg.progress)
     metrics = compute_metrics(probs, data.test.labels, data.classes, reject_threshold=threshold)
-    if anomaly is not None:
-        from adapt.data.anomaly import anomaly_metrics
-
-        metrics["anomaly"] = anomaly_metrics(probs, anomaly.test_kinds, cfg.good_label)
+    if prepared.extra_metrics is not None:
+        metrics.update(prepared.extra_metrics(probs))
     timings["evaluate_s"] = time.perf_counter() - t3
     timings["total_s"] = time.perf_counter() - t0
     metrics.update(
-        {"dataset": data.name, "dataset_fingerprint": data.fingerprint(), "method": cfg.method.value, "shots": cfg.shots, "seed": cfg.seed}
+        {"dataset": data.name, "dataset_fingerprint": data.fingerprint(), "method": spec.name, "shots": cfg.shots, "seed": cfg.seed}
     )
     save_metrics(metrics, out / METRICS_FILE)
     save_confusion_matrix(
         metrics["confusion_matrix"], data.classes, out / CM_FILE,
-        title=f"{data.name} · {cfg.method.value} · {cfg.shots}-shot · bal. acc {metrics['balanced_accuracy']:.1%}",
+        title=f"{data.name} · {spec.name} · {cfg.shots}-shot · bal. acc {metrics['balanced_accuracy']:.1%}",
     )
     (out / LABELS_FILE).write_text(json.dumps(list(data.classes)))
     run_record = {"params": params, "timings": timings, "history": fitted.history}

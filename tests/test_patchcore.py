@@ -97,8 +97,95 @@ def test_patchcore_exports_probabilities_and_an_anomaly_map_that_finds_the_spot(
     row, col = np.unravel_index(heat[1].argmax(), heat[1].shape)
     assert row < 2 and col < 2  # the spot is in the top-left quarter
     assert heat[1][:2, :2].mean() > heat[1][2:, 2:].mean()
-    assert result.params["bank_size"] >= 1 and result.params["threshold"] == pytest.approx(meta.anomaly_threshold)
-    assert result.params["top_k"] == 4
+    # the heatmap's threshold is in patch-distance units: the patch score alone at the decision threshold
+    assert result.params["bank_size"] >= 1 and result.params["map_threshold"] == pytest.approx(meta.anomaly_threshold)
+    assert result.params["top_k"] == 4 and result.params["combine"] == "max" and result.params["threshold_rule"] == "val_balanced_accuracy"
+
+
+def test_exported_combined_score_matches_torch(patchcore_run):
+    """ONNX parity of the combined (patch + image statistics) score, beyond the export's own check."""
+    import torch
+
+    from adapt.core.export import ort_session
+
+    result, path, _ = patchcore_run
+    pixels = np.stack([_spotted(32, False, 31), _spotted(32, True, 32), np.full((32, 32, 3), 200, np.uint8)])
+    probs, heat = ort_session(path).run(None, {INPUT_NAME: pixels})
+    with torch.no_grad():
+        ref_probs, ref_heat = result.classifier.forward_with_map(torch.from_numpy(pixels))
+    assert result.classifier.head.combine == "max" and result.classifier.head.image_bank.shape[0] == 1
+    np.testing.assert_allclose(probs, ref_probs.numpy(), atol=1e-4)
+    np.testing.assert_allclose(heat, ref_heat.numpy(), rtol=1e-3, atol=1e-4)
+    assert probs[2, 1] > 0.5  # a flat grey part: no surface at all, defective
+
+
+def _texture_features(n: int, mixed: bool, seed: int):
+    """Patch features [n, 16, 2] of a two-texture surface: every good image has 8 patches of each texture
+    (A = [1, 0], B = [0, 1], plus noise); with ``mixed=False`` all 16 patches are texture A: each patch is
+    a good one, only the proportion changed (a texture-wide defect)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    a = torch.tensor([1.0, 0.0]).expand(n, 16, 2).clone()
+    if mixed:
+        a[:, 8:] = torch.tensor([0.0, 1.0])
+    return a + 0.02 * torch.randn(n, 16, 2, generator=g)
+
+
+def test_a_texture_wide_change_the_patch_score_misses_is_caught_by_the_image_statistics():
+    from adapt.core.anomaly_head import PatchCoreHead, image_stats
+    from adapt.methods.patchcore import choose_threshold, fit_image_bank, image_scores, standardise
+
+    train, val_good = _texture_features(16, True, 0), _texture_features(8, True, 1)
+    test_good, test_changed = _texture_features(8, True, 2), _texture_features(8, False, 3)
+    bank = train.flatten(0, 1)
+    local = PatchCoreHead(bank, 0.0, 1.0, grid=4, top_k=1)
+    old_threshold = choose_threshold(image_scores(local, val_good), np.zeros(len(val_good), bool), 0.95)
+    assert (image_scores(local, test_changed) >= old_threshold).mean() <= 0.25  # the old score: every changed patch is a good patch
+
+    for kind in ("gaussian", "knn"):
+        ibank, whiten = fit_image_bank(image_stats(train), kind)
+        head = PatchCoreHead(bank, 0.0, 1.0, grid=4, top_k=1, combine="max", image_bank=ibank, image_whiten=whiten)
+        head.norm = (*standardise(image_scores(local, val_good)), *standardise(head.image_distance(val_good).numpy()))
+        val = image_scores(head, val_good)
+        threshold = choose_threshold(val, np.zeros(len(val), bool), 0.95)
+        new_good, new_changed = image_scores(head, test_good), image_scores(head, test_changed)
+        assert new_changed.min() > max(new_good.max(), threshold), kind  # every changed surface flagged, above every good one
+
+
+def test_choose_threshold_balanced_accuracy_or_good_images_only():
+    from adapt.methods.patchcore import choose_threshold
+
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 1.0, 1.2, 0.35])
+    defective = np.array([False, False, False, False, True, True, True])
+    t = choose_threshold(scores, defective, 0.95)
+    assert 0.35 < t < 1.0 or 0.3 < t < 0.35  # a cut on the best balanced-accuracy plateau
+    assert ((scores >= t) == defective).sum() >= 6
+    good_only = choose_threshold(scores, defective, 0.5, good_only=True)
+    assert good_only == pytest.approx(np.quantile(scores[~defective], 0.5))  # defects ignored
+    assert choose_threshold(scores[:4], defective[:4], 0.95) == pytest.approx(np.quantile(scores[:4], 0.95))
+
+
+def test_dihedral_gives_the_eight_flips_and_quarter_turns():
+    import torch
+
+    from adapt.methods.patchcore import dihedral
+
+    img = torch.arange(9, dtype=torch.uint8).reshape(1, 3, 3, 1).expand(1, 3, 3, 3).contiguous()
+    out = dihedral(img)
+    assert out.shape == (8, 3, 3, 3)
+    assert len({tuple(o[..., 0].flatten().tolist()) for o in out}) == 8  # all different views of an asymmetric image
+    assert torch.equal(out[0], img[0]) and torch.equal(out[1], torch.rot90(img[0], 1, dims=(0, 1)))
+    assert torch.equal(out[4], img[0].flip(1))  # a mirror image
+
+
+def test_patchcore_config_rejects_unknown_score_settings():
+    from adapt.methods import make_config
+
+    assert make_config("patchcore", {"combine": "local"}).combine == "local"
+    for key, value in (("combine", "mean"), ("image_score", "svm"), ("image_stats", "gram"), ("threshold_rule", "best")):
+        with pytest.raises(ValueError, match=key):
+            make_config("patchcore", {key: value})
 
 
 def test_image_score_is_the_mean_of_the_worst_patches():

@@ -136,6 +136,11 @@ class PatchCoreConfig:
     top_fraction: float = hp(0.01, "image score = mean of the worst patches, this share of the patch grid (0 = the single worst patch, as in the PatchCore paper)")
     good_quantile: float = hp(0.95, "threshold = this quantile of good validation scores when validation holds no defects")
     seed: int = hp(0, "seed of the coreset's random projection and start")
+    combine: str = hp("max", "image score: 'local' (patch score alone), or it and a Gaussian of image statistics, standardised on good validation images, by 'max' or 'sum'")
+    image_score: str = hp("gaussian", "image score: Mahalanobis distance of the image statistics to the good images' mean ('gaussian') or nearest good image ('knn')")
+    image_stats: str = hp("mean_std", "per-image statistics of the patch features for the Gaussian: 'mean' or 'mean_std' (mean and std over the grid)")
+    image_stages: list[int] = hp(factory=list, help="further levels whose maps feed only the image statistics (not the bank)")
+    threshold_rule: str = hp("auto", "'auto': best balanced accuracy on validation when it holds defects, else good_quantile; 'good_quantile': good images only")
 
     def __post_init__(self) -> None:
         try:
@@ -154,6 +159,20 @@ class PatchCoreConfig:
             raise ValueError("good_quantile must be in (0, 1]")
         if self.augment not in ("none", "dihedral"):
             raise ValueError(f"augment must be 'none' or 'dihedral', got {self.augment!r}")
+        try:
+            self.image_stages = [int(s) for s in self.image_stages]
+        except ValueError:
+            raise ValueError(f"image_stages must be integers, got {self.image_stages}") from None
+        from adapt.core.anomaly_head import COMBINE, IMAGE_SCORES, IMAGE_STATS
+
+        if self.combine not in COMBINE:
+            raise ValueError(f"combine must be one of {', '.join(COMBINE)}, got {self.combine!r}")
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}")
+        if self.image_stats not in IMAGE_STATS:
+            raise ValueError(f"image_stats must be one of {', '.join(IMAGE_STATS)}, got {self.image_stats!r}")
+        if self.threshold_rule not in ("auto", "good_quantile"):
+            raise ValueError(f"threshold_rule must be 'auto' or 'good_quantile', got {self.threshold_rule!r}")
 
 
 def build_config(config_cls: type, overrides: dict[str, str] | None = None, method: str = ""):

@@ -6,9 +6,19 @@ have no preferred orientation, and a few good images then cover more of them), r
 greedy k-center coreset (on a random projection, as in the paper) to ``coreset_fraction`` of the
 patches, at most ``max_bank``. A patch's anomaly score is its distance to the nearest good patch,
 an image's the mean of its worst ``top_fraction`` of patches (``adapt.core.anomaly_head``; 1% beat
-the single worst patch on 8 of 9 dev draws, experiments/anomaly/README.md). The decision threshold
-is chosen on the few-shot validation split: the one with the best balanced accuracy when it holds
-defective images, else the ``good_quantile`` of the good images' scores.
+the single worst patch on 8 of 9 dev draws, experiments/anomaly/README.md).
+
+Texture-wide evidence (``combine``: ``max`` or ``sum``; ``local`` = the patch score alone): per-image
+statistics of the patch features (``image_stats``; the maps of ``image_stages`` join them, not the
+bank) of the same good images (and flips/turns); an image's distance to their mean (``image_score``
+``gaussian``, PaDiM-style) or to the nearest of them (``knn``) in the Mahalanobis metric of their
+Ledoit-Wolf shrunk covariance (sklearn). That image score and the patch score are standardised by
+the good validation images and combined (``adapt.core.anomaly_head``; chosen on dev folders: experiments/anomaly/).
+
+The decision threshold (``threshold_rule``) is chosen on the few-shot validation split: ``auto`` =
+the best balanced accuracy when it holds defective images, else the ``good_quantile`` of the good
+images' scores; ``good_quantile`` = that quantile always (good images only, defects not needed).
+The rule used is in the fit's params (``threshold_rule``), which the CLI prints and MLflow logs.
 
 Images of class 0 (``ctx.classes[0]``, the good label) build the bank; every other class counts as
 ``defective``. ``adapt.data.anomaly`` makes such a split from any labelled dataset.
@@ -22,7 +32,7 @@ import logging
 import numpy as np
 import torch
 
-from adapt.core.anomaly_head import PatchCoreHead
+from adapt.core.anomaly_head import PatchCoreHead, image_stats
 from adapt.core.classifier import ImageClassifier, PixelNormalizer
 from adapt.data.anomaly import DEFECTIVE
 from adapt.core.encoders import PATCHES, EncoderSpec, ImageEncoder, is_vit, patch_levels
@@ -82,10 +92,11 @@ def image_scores(head: PatchCoreHead, features: torch.Tensor, batch_size: int = 
     return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
 
 
-def choose_threshold(scores: np.ndarray, defective: np.ndarray, good_quantile: float) -> float:
-    """Best balanced accuracy on validation (midpoints between sorted scores), or the good quantile."""
+def choose_threshold(scores: np.ndarray, defective: np.ndarray, good_quantile: float, good_only: bool = False) -> float:
+    """Best balanced accuracy on validation (midpoints between sorted scores), or the good quantile
+    (where validation holds no defects, or ``good_only``)."""
     good, bad = scores[~defective], scores[defective]
-    if not len(bad):
+    if good_only or not len(bad):
         return float(np.quantile(good, good_quantile))
     cuts = np.unique(scores)
     candidates = np.concatenate([[cuts[0] - 1e-6], (cuts[1:] + cuts[:-1]) / 2, [cuts[-1] + 1e-6]])
@@ -97,16 +108,48 @@ def choose_threshold(scores: np.ndarray, defective: np.ndarray, good_quantile: f
 CNN_STAGES = (2,)  # stride 8 of an EfficientNet trunk (measured: experiments/anomaly/)
 
 
-def patch_encoder(ctx: AdaptContext, cfg: PatchCoreConfig) -> ImageEncoder:
+def fit_image_bank(stats: torch.Tensor, kind: str = "gaussian") -> tuple[torch.Tensor, torch.Tensor]:
+    """(image bank, whitening ``W``) for ``PatchCoreHead`` from good images' statistics ``stats [M, G]``:
+    ``W W^T`` = the precision of their Ledoit-Wolf shrunk covariance (M may be close to G); the bank is
+    their mean (``gaussian``) or every row (``knn``), mapped by ``W``."""
+    from sklearn.covariance import LedoitWolf
+
+    lw = LedoitWolf().fit(stats.double().numpy())
+    whiten = torch.linalg.cholesky(torch.from_numpy(lw.precision_))
+    rows = torch.from_numpy(lw.location_)[None] if kind == "gaussian" else stats.double()
+    return (rows @ whiten).float(), whiten.float()
+
+
+def standardise(scores: np.ndarray) -> tuple[float, float]:
+    """(mean, std) of good validation scores, the std kept away from 0."""
+    return float(scores.mean()), float(max(scores.std(), 1e-6 * max(abs(scores.mean()), 1e-6)))
+
+
+def patch_stages(ctx: AdaptContext, cfg: PatchCoreConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(levels of the bank's patch features, further levels only the image statistics use)."""
     visual = ctx.backbone.model.visual
     levels = patch_levels(visual)
     if not levels:
         raise ValueError(f"patchcore needs an image tower with intermediate maps (a timm CNN or an open_clip ViT); {ctx.backbone.arch} has none")
     stages = tuple(cfg.stages) or ((levels // 2,) if is_vit(visual) else CNN_STAGES)
-    bad = [s for s in stages if not 0 <= s < levels]
-    if bad:
-        raise ValueError(f"--hp stages={','.join(map(str, stages))}: {ctx.backbone.arch} has levels 0-{levels - 1}")
-    return ImageEncoder(copy.deepcopy(visual), EncoderSpec((PATCHES,), stages, cfg.pool))
+    image_stages = tuple(s for s in cfg.image_stages if s not in stages) if cfg.combine != "local" else ()
+    for name, given in (("stages", stages), ("image_stages", image_stages)):
+        if any(not 0 <= s < levels for s in given):
+            raise ValueError(f"--hp {name}={','.join(map(str, given))}: {ctx.backbone.arch} has levels 0-{levels - 1}")
+    return stages, image_stages
+
+
+def patch_encoder(ctx: AdaptContext, cfg: PatchCoreConfig) -> ImageEncoder:
+    stages, image_stages = patch_stages(ctx, cfg)
+    return ImageEncoder(copy.deepcopy(ctx.backbone.model.visual), EncoderSpec((PATCHES,), stages + image_stages, cfg.pool))
+
+
+@torch.no_grad()
+def bank_dim(encoder: ImageEncoder, n_stages: int, image_size: int) -> int:
+    """Channels of the encoder's first ``n_stages`` levels in its patch features (what the memory bank holds)."""
+    spec = encoder.spec
+    local = ImageEncoder(encoder.visual, EncoderSpec(spec.parts, spec.stages[:n_stages], spec.pool)).eval()
+    return int(local(torch.zeros(1, 3, image_size, image_size, device=next(encoder.parameters()).device)).shape[-1])
 
 
 def fit_patchcore(ctx: AdaptContext, cfg: PatchCoreConfig | None = None) -> FitResult:
@@ -118,12 +161,17 @@ def fit_patchcore(ctx: AdaptContext, cfg: PatchCoreConfig | None = None) -> FitR
     good_train = train.subset(np.flatnonzero(train.labels == 0))
     if not len(good_train):
         raise ValueError(f"patchcore needs training images of the good class '{ctx.classes[0]}'")
+
+    def features_of(images) -> torch.Tensor:
+        return patch_features(encoder, normalize, load_pixels(images, b.image_size, b.resize_mode, ctx.progress).to(ctx.device)).cpu()
+
     pixels = load_pixels(good_train, b.image_size, b.resize_mode, ctx.progress)
     if cfg.augment == "dihedral":
         pixels = dihedral(pixels)
     features = patch_features(encoder, normalize, pixels.to(ctx.device)).cpu()
     grid = round(features.shape[1] ** 0.5)
-    patches = features.flatten(0, 1)
+    dim = bank_dim(encoder, len(patch_stages(ctx, cfg)[0]), b.image_size)
+    patches = features[..., :dim].flatten(0, 1)
     n_bank = max(1, min(cfg.max_bank, round(cfg.coreset_fraction * len(patches))))
     keep = greedy_coreset(patches, n_bank, cfg.seed)
     logger.info("patchcore: memory bank of %d of %d good patches (dim %d, grid %dx%d)", len(keep), len(patches), patches.shape[1], grid, grid)
@@ -134,24 +182,35 @@ def fit_patchcore(ctx: AdaptContext, cfg: PatchCoreConfig | None = None) -> FitR
     val_images = [s for s in (val, extra_val) if len(s)]
     if not sum(len(s) for s in val_images):
         raise ValueError("patchcore needs validation images to choose its threshold (--val-shots >= 2)")
-    val_scores = np.concatenate(
-        [image_scores(head, patch_features(encoder, normalize, load_pixels(s, b.image_size, b.resize_mode, ctx.progress).to(ctx.device)).cpu()) for s in val_images]
-    )
+    val_features = torch.cat([features_of(s) for s in val_images])
     defective = np.concatenate([s.labels != 0 for s in val_images])
-    good_scores = val_scores[~defective]
-    if len(good_scores) < 2:
+    if (~defective).sum() < 2:
         raise ValueError("patchcore needs at least 2 good validation images (--val-shots >= 2)")
-    head.threshold = choose_threshold(val_scores, defective, cfg.good_quantile)
+    val_scores = image_scores(head, val_features)
+    if cfg.combine != "local":
+        image_bank, whiten = fit_image_bank(image_stats(features, cfg.image_stats), cfg.image_score)
+        head = PatchCoreHead(patches[keep], 0.0, 1.0, grid, top_k, combine=cfg.combine, stats=cfg.image_stats, image_bank=image_bank, image_whiten=whiten)
+        image_val = head.image_distance(val_features).numpy()
+        head.norm = (*standardise(val_scores[~defective]), *standardise(image_val[~defective]))
+        val_scores = image_scores(head, val_features)
+    good_scores = val_scores[~defective]
+    good_only = cfg.threshold_rule == "good_quantile" or not defective.any()
+    head.threshold = choose_threshold(val_scores, defective, cfg.good_quantile, good_only=good_only)
     head.scale = float(max(good_scores.std(), 1e-3 * max(abs(head.threshold), 1e-6)))
+    head.map_threshold = head.threshold if cfg.combine == "local" else head.norm[0] + head.threshold * head.norm[1]  # the patch score alone at the threshold
     params = {
         "stages": list(encoder.spec.stages), "pool": cfg.pool, "augment": cfg.augment, "bank_size": len(keep), "good_patches": len(patches),
         "feature_dim": int(patches.shape[1]), "grid": grid, "top_k": top_k, "threshold": head.threshold, "scale": head.scale,
-        "threshold_rule": "val_balanced_accuracy" if defective.any() else f"good_quantile_{cfg.good_quantile}",
+        "threshold_rule": f"good_quantile_{cfg.good_quantile}" if good_only else "val_balanced_accuracy",
+        "combine": cfg.combine, "map_threshold": head.map_threshold,
     }
+    if cfg.combine != "local":
+        params.update(image_score=cfg.image_score, image_stats=cfg.image_stats, image_bank_size=int(head.image_bank.shape[0]),
+                      image_dim=int(head.image_bank.shape[1]), score_norm=list(head.norm))
     ctx.report({"val_good_score_mean": float(good_scores.mean()), "threshold": head.threshold}, 0)
     info = ctx.info(Method.PATCHCORE, params)
     info.labels = [ctx.classes[0], DEFECTIVE]
-    info.anomaly_threshold = head.threshold
+    info.anomaly_threshold = head.map_threshold
     clf = ImageClassifier(encoder.cpu(), head, info).eval()
     with torch.no_grad():
         z = torch.from_numpy((val_scores - head.threshold) / head.scale)

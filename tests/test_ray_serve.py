@@ -29,7 +29,6 @@ psutil = pytest.importorskip("psutil")
 from services.client import InspectionClient  # noqa: E402
 from services.proto import inspection_pb2 as pb  # noqa: E402
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "t0ken-for-tests"
@@ -38,11 +37,36 @@ IN_NAMESPACE = os.environ.get("ADAPT_TEST_NETNS") == "1"
 CAN_UNSHARE = os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip")
 
 
+@pytest.mark.unit
+def test_ray_options_are_checked_before_anything_starts():
+    from services.ray_app import RayConfig
+    from services.server import ServeConfig
+
+    base = ServeConfig(models=("m.onnx",))
+    assert RayConfig(base, min_replicas=1, max_replicas=4).autoscaling
+    for options, message in (
+        ({"serve": ServeConfig(models=("m.onnx",), tls_cert="c.pem", tls_key="k.pem")}, "no TLS"),
+        ({"min_replicas": 2}, "both --min-replicas and --max-replicas"),
+        ({"min_replicas": 3, "max_replicas": 2}, "min-replicas <= max-replicas"),
+        ({"max_ongoing_requests": 4}, "max batch size"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            RayConfig(**{"serve": base, **options})
+
+
+@pytest.mark.unit
+def test_the_ray_app_imports_no_torch():
+    code = "import sys, services.ray_app; assert 'torch' not in sys.modules and 'mlflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
 if CAN_UNSHARE and not IN_NAMESPACE:
 
+    @pytest.mark.integration
+    @pytest.mark.slow
     def test_ray_serve_in_a_loopback_only_network_namespace():
         """Runs this module again inside ``unshare -n`` (only ``lo``, brought up): Ray binds ``[::]``."""
-        script = 'ip link set lo up && exec "$0" -m pytest -q -p no:cacheprovider "$1"'
+        script = 'ip link set lo up && exec "$0" -m pytest -q -p no:cacheprovider -m integration "$1"'
         env = {**os.environ, "ADAPT_TEST_NETNS": "1"}
         proc = subprocess.run(
             ["unshare", "-n", "sh", "-c", script, sys.executable, __file__],
@@ -188,6 +212,8 @@ else:
     def _client(c: Cluster, token: str | None = TOKEN) -> InspectionClient:
         return InspectionClient(c.address, token=token, timeout=20)
 
+    @pytest.mark.integration
+    @pytest.mark.slow
     def test_two_replicas_one_per_node_answer_like_adapt_serve(cluster):
         placed = cluster.replicas()
         assert len(placed["head"]) == 1 and len(placed["worker"]) == 1, placed
@@ -202,6 +228,8 @@ else:
             (info,) = client.list_models()
             assert info.loaded and info.source_uri == "models:/tiny@champion" and list(info.labels) == ["good", "defect"]
 
+    @pytest.mark.integration
+    @pytest.mark.slow
     def test_token_health_and_status_codes_match_adapt_serve(cluster):
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -228,6 +256,8 @@ else:
         with urllib.request.urlopen(f"http://127.0.0.1:{cluster.http}/-/healthz", timeout=10) as reply:
             assert reply.status == 200  # what an HTTP load balancer probes
 
+    @pytest.mark.integration
+    @pytest.mark.slow
     def test_feedback_from_every_replica_goes_to_one_writer(cluster):
         with _client(cluster) as client:
             ids = [client.classify(image_bytes(200 + i), request_id=f"req-{i}").request_id for i in range(6)]
@@ -238,6 +268,8 @@ else:
         rows = (cluster.root / "feedback" / "feedback.csv").read_text().splitlines()
         assert len(rows) == 1 + len(ids) and all((cluster.root / "feedback" / "good" / f"{i}.png").exists() for i in ids)
 
+    @pytest.mark.integration
+    @pytest.mark.slow
     def test_every_replica_follows_the_alias_without_failed_requests(cluster):
         failures, answered, stop = [], [], threading.Event()
 
@@ -264,6 +296,8 @@ else:
         assert not failures, failures[:5]
         assert answered and answered[-1] == second
 
+    @pytest.mark.integration
+    @pytest.mark.slow
     def test_a_killed_replica_is_replaced_and_retries_cover_its_requests(cluster):
         """Requests in flight on a killed replica fail INTERNAL ("actor died") at Ray's proxy, which
         re-routes nothing by itself: a client that retries INTERNAL (as well as UNAVAILABLE) loses

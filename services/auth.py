@@ -55,6 +55,10 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         logger.info("unauthenticated call to %s: %s", method, reason)
         return _refusal(continuation(handler_call_details), reason)
 
+    def accepts(self, header: str) -> bool:
+        """Whether an ``authorization`` header value carries one of the tokens (the Ray app checks with it)."""
+        return self._valid(header)
+
     def _valid(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

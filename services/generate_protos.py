@@ -26,6 +26,8 @@ PROTO_FILES = ("adapt/inspection/v1/inspection.proto",)
 OUT_DIR = Path(__file__).resolve().parent / "proto"
 
 _IMPORT = re.compile(r"^from adapt\.inspection\.v1 import (\w+_pb2) as", re.MULTILINE)
+# the messages' __module__: the module they really live in, so they pickle (Ray ships requests pickled)
+_MODULE = re.compile(r"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, )'adapt\.inspection\.v1\.\w+_pb2'")
 
 # The lines in which a generator stamps its own version (and nothing about the .proto).
 _VERSION_STAMPS = (
@@ -75,7 +77,7 @@ def generate(out_dir: Path = OUT_DIR, proto_root: Path = PROTO_ROOT) -> list[Pat
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed on {', '.join(PROTO_FILES)}")
         for generated in sorted(Path(tmp).rglob("*_pb2*.py*")):
-            text = _IMPORT.sub(r"from . import \1 as", generated.read_text())
+            text = _MODULE.sub(r"\1__name__", _IMPORT.sub(r"from . import \1 as", generated.read_text()))
             target = out_dir / generated.name
             target.write_text(text)
             written.append(target)

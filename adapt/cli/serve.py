@@ -24,6 +24,12 @@ examples:
   adapt serve --model runs/linear/model.onnx --host 127.0.0.1      # this machine only
   adapt serve --model models:/elpv@champion --tracking-uri sqlite:///mlflow.db --metrics-port 9100
   adapt serve --model m.onnx --tls-cert srv.pem --tls-key srv.key --tls-ca ca.pem --token-file tokens.txt
+
+on Ray Serve (pip install 'adapt-fewshot[ray]'): replicas, autoscaling, a cluster of machines:
+  adapt serve --engine ray --replicas 2 --model m.onnx --port 9000     # local Ray, 2 replicas
+  adapt serve --engine ray --address auto --min-replicas 1 --max-replicas 8 --model models:/elpv@champion
+  Ray's gRPC proxy listens on every interface ([::]:PORT) without TLS: use --token-file. Load balancers
+  probe http://HOST:8000/-/healthz (--http-port) or grpc.health.v1.Health/Check on the gRPC port.
 """
 
 
@@ -100,6 +106,38 @@ def register(subparsers) -> None:
         default=32.0,
         help="largest request accepted, in MiB; bigger ones get RESOURCE_EXHAUSTED (default: %(default)s)",
     )
+    g = p.add_argument_group("Ray Serve engine (--engine ray)")
+    g.add_argument(
+        "--engine",
+        choices=("grpc", "ray"),
+        default="grpc",
+        help="grpc (default): one server process; ray: a Ray Serve application (replicas on one machine "
+        "or a cluster; needs the 'ray' extra)",
+    )
+    g.add_argument("--replicas", type=int, default=1, help="replicas (processes) holding the model (default: %(default)s)")
+    g.add_argument("--min-replicas", type=int, help="autoscale between --min-replicas and --max-replicas")
+    g.add_argument("--max-replicas", type=int, help="autoscale between --min-replicas and --max-replicas")
+    g.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=8.0,
+        help="autoscaling adds replicas when they hold more requests than this each (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-ongoing-requests",
+        type=int,
+        default=64,
+        help="requests one replica takes at once; more wait in Ray's proxy (default: %(default)s)",
+    )
+    g.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (default: %(default)s)")
+    g.add_argument(
+        "--address",
+        help="Ray cluster to join: HOST:PORT of its head, or 'auto' (the one `ray start` began on this machine); "
+        "default: start a local Ray for this server",
+    )
+    g.add_argument(
+        "--http-port", type=int, default=8000, help="Ray's HTTP proxy, for GET /-/healthz (default: %(default)s)"
+    )
     g = p.add_argument_group("security")
     g.add_argument("--tls-cert", metavar="PEM", help="server certificate (chain); with --tls-key enables TLS")
     g.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
@@ -174,9 +212,8 @@ def run(args: argparse.Namespace) -> int:
             checks.check_model(uri, args.tracking_uri, registered=not args.wait_for_model)
     for option in ("tls_cert", "tls_key", "tls_ca", "token_file"):
         checks.check_file(getattr(args, option), "--" + option.replace("_", "-"))
-    from services.hosted import BatchingConfig
     from services.logs import use_json_logs
-    from services.server import InspectionServer, ServeConfig, ServeError
+    from services.server import InspectionServer, ServeError
 
     # The server's own events (loads, reloads, drains) at the level the user asked for, whatever
     # the levels of third-party loggers are.
@@ -185,8 +222,38 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger(name).setLevel(level)
     if args.log_format == "json":
         use_json_logs()
+    if args.engine == "ray":
+        return _run_ray(args, _serve_config(args))
     try:
-        config = ServeConfig(
+        server = InspectionServer(_serve_config(args))
+        server.start()
+    except (ValueError, ServeError, OSError) as exc:
+        raise AdaptError(str(exc)) from exc
+    stop = threading.Event()
+    signals = []
+
+    def on_signal(signum, _frame):
+        signals.append(signum)
+        if len(signals) > 1:  # a second Ctrl-C: stop waiting for calls in flight
+            logger.warning("second signal: cancelling calls in flight")
+            server.stop_now()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    while not stop.wait(3600):
+        pass
+    logger.info("received %s: shutting down", signal.Signals(signals[0]).name)
+    server.stop(grace=args.drain_seconds)
+    return 0
+
+
+def _serve_config(args: argparse.Namespace):
+    from services.hosted import BatchingConfig
+    from services.server import ServeConfig
+
+    try:
+        return ServeConfig(
             models=tuple(args.model),
             host=args.host,
             port=args.port,
@@ -208,24 +275,40 @@ def run(args: argparse.Namespace) -> int:
             feedback_cache_mb=args.feedback_cache_mb,
             wait_for_model=args.wait_for_model,
         )
-        server = InspectionServer(config)
-        server.start()
-    except (ValueError, ServeError, OSError) as exc:
+    except ValueError as exc:
+        raise AdaptError(str(exc)) from exc
+
+
+def _run_ray(args: argparse.Namespace, serve_config) -> int:
+    """``--engine ray``: deploy on Ray Serve, wait for SIGTERM / Ctrl-C, then take the app down."""
+    try:
+        from services.ray_app import RayConfig, RayInspection
+    except ImportError as exc:
+        raise AdaptError(f"--engine ray needs Ray Serve: pip install 'adapt-fewshot[ray]' ({exc})") from exc
+    from services.server import ServeError
+
+    if args.metrics_port:
+        logger.warning("--metrics-port is ignored with --engine ray: Ray exports its own metrics")
+    try:
+        config = RayConfig(
+            serve=serve_config,
+            replicas=args.replicas,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            target_ongoing_requests=args.target_ongoing_requests,
+            max_ongoing_requests=args.max_ongoing_requests,
+            replica_cpus=args.replica_cpus,
+            address=args.address,
+            http_port=args.http_port,
+        )
+        app = RayInspection(config).start()
+    except (ValueError, ServeError, ConnectionError) as exc:
         raise AdaptError(str(exc)) from exc
     stop = threading.Event()
-    signals = []
-
-    def on_signal(signum, _frame):
-        signals.append(signum)
-        if len(signals) > 1:  # a second Ctrl-C: stop waiting for calls in flight
-            logger.warning("second signal: cancelling calls in flight")
-            server.stop_now()
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own handlers
+        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(3600):
         pass
-    logger.info("received %s: shutting down", signal.Signals(signals[0]).name)
-    server.stop(grace=args.drain_seconds)
+    logger.info("shutting down the Ray Serve application")
+    app.stop()
     return 0

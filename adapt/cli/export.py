@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from adapt.cli import checks
     from adapt.errors import AdaptError
-    from adapt.tracking.model_uri import resolve_model
+    from adapt.tracking.resolve import resolve_model
 
     checks.check_model(args.model, args.tracking_uri)  # user errors first, in milliseconds
     checks.check_output_folder(args.out, "--out")

@@ -41,8 +41,13 @@ FP = "39c8781e0cb9b0d8"
          "balanced_accuracy", False, "version 2 has no balanced_accuracy"),
         (_version(2, needs_review_rate=0.1, dataset_fingerprint=FP), _version(1, needs_review_rate=0.2, dataset_fingerprint=FP),
          "needs_review_rate", True, "0.1000 beats 0.2000"),  # lower is better
+        (_version(2, **{"test/balanced_accuracy": 0.9}, dataset_fingerprint=FP),
+         _version(1, **{"test/balanced_accuracy": 0.8}, dataset_fingerprint=FP), "balanced_accuracy", True, "0.9000 beats 0.8000"),
+        (_version(2, **{"test/balanced_accuracy": 0.7}, dataset_fingerprint=FP), _version(1, balanced_accuracy=0.8, dataset_fingerprint=FP),
+         "balanced_accuracy", False, "0.7000 does not beat 0.8000"),  # a champion registered before the test/ names
     ],
-    ids=["first", "better", "tie", "worse", "other-data", "champion-unmeasured", "new-unmeasured", "lower-is-better"],
+    ids=["first", "better", "tie", "worse", "other-data", "champion-unmeasured", "new-unmeasured", "lower-is-better",
+         "grouped-names", "champion-with-old-names"],
 )
 def test_gate_decision_table(new, champion, metric, promote, reason):
     got_promote, got_reason, _, _ = decide("parts", new, champion, metric)

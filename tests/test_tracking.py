@@ -88,12 +88,13 @@ def test_each_retrain_is_one_run_with_params_curves_metrics_and_artifacts(store)
     assert params["backbone_weights"].startswith("random-init:") and params["hp.epochs"] == "3"
     assert "chosen.best_epoch" in params and "reject_threshold" in params  # known only after fitting
     assert run.data.tags["adapt.version"] == __version__ and run.data.tags["adapt.host"]
-    assert run.data.metrics["balanced_accuracy"] == pytest.approx(expected["balanced_accuracy"])
-    assert run.data.metrics["accuracy"] == pytest.approx(expected["accuracy"])
-    # per-epoch curves from Lightning landed in the same run
-    val_loss = c.get_metric_history(run.info.run_id, "val_loss")
+    assert run.data.metrics["test/balanced_accuracy"] == pytest.approx(expected["balanced_accuracy"])
+    assert run.data.metrics["test/accuracy"] == pytest.approx(expected["accuracy"])
+    # per-epoch curves from Lightning landed in the same run, named by split
+    val_loss = c.get_metric_history(run.info.run_id, "val/loss")
     assert len(val_loss) == 3 and len({m.step for m in val_loss}) == 3
-    assert c.get_metric_history(run.info.run_id, "train_loss")
+    assert c.get_metric_history(run.info.run_id, "train/loss")
+    assert not [k for k in run.data.metrics if "/" not in k]  # every metric sits in a group (test/, val/, train/, time/)
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "confusion_matrix.png", "labels.json"} <= artifacts
     assert run.outputs.model_outputs  # the exported classifier is logged as the run's model
@@ -112,9 +113,58 @@ def test_champion_moves_only_to_a_better_model(store):
         assert "does not beat" in store.printed[1] and "version 2 is challenger" in store.printed[1]
         assert aliases == {CHAMPION: "1", CHALLENGER: "2"}
     tags = c.get_model_version("parts", "2").tags
-    assert float(tags["balanced_accuracy"]) == pytest.approx(second, abs=1e-5)
+    assert float(tags["test/balanced_accuracy"]) == pytest.approx(second, abs=1e-5)
     assert tags["dataset_fingerprint"] == metrics_of(store.runs[1])["dataset_fingerprint"]
     assert tags["adapt.gate.compared_to"] == "1" and tags["adapt.gate.metric"] == "balanced_accuracy"
+
+
+def test_the_mlflow_ui_shows_headline_metrics_distinct_models_and_why_a_version_is_champion(store):
+    """What a quality engineer reads in `mlflow ui`, asserted on the store through MlflowClient."""
+    import subprocess
+
+    c = client(store.uri)
+    exp = c.get_experiment_by_name("retrain-parts")
+    # the experiment: a description, and the saved view with the headline columns that the printed link opens
+    assert "`test/balanced_accuracy`" in exp.tags["mlflow.note.content"]
+    view = json.loads(exp.tags["mlflow.sharedViewState.headline"])
+    columns = json.loads(view["state"])["selectedColumns"]
+    assert columns[0] == "metrics.`test/balanced_accuracy`" and {"params.`method`", "params.`shots`"} <= set(columns)
+    link = f"#/experiments/{exp.experiment_id}/runs?viewStateShareKey=headline&workflowType=machine_learning"
+    assert f"MLflow runs table: http://127.0.0.1:5000/{link}" in store.printed[0]
+
+    runs = {r.data.params["method"]: r for r in c.search_runs([exp.experiment_id])}
+    models = {m.name: m for m in c.search_logged_models([exp.experiment_id])}
+    assert set(models) == {"parts-coop-4shot-seed1", "parts-linear-4shot-seed1"}  # named after what they are
+    for method, run in runs.items():
+        expected = metrics_of(store.runs[0 if method == "coop" else 1])
+        model = models[f"parts-{method}-4shot-seed1"]
+        assert model.source_run_id == run.info.run_id
+        assert model.params["method"] == method and model.params["shots"] == "4"
+        (headline,) = [m for m in model.metrics if m.key == "test/balanced_accuracy"]
+        assert headline.value == pytest.approx(expected["balanced_accuracy"])
+        assert (headline.dataset_name, headline.dataset_digest) == ("parts", expected["dataset_fingerprint"])
+        assert "model.onnx" in {a.path for a in c.list_artifacts(run.info.run_id)}  # one click from the run
+        note = run.data.tags["mlflow.note.content"]
+        assert f"{method}, 4 shots per class, seed 1, on parts" in note and f"{100 * expected['balanced_accuracy']:.1f}%" in note
+        assert "Registered as **parts version" in note
+        # provenance: the commit of the checkout the tests run from
+        root = Path(__file__).resolve().parents[1]
+        if (root / ".git").exists():
+            head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+            assert run.data.tags["mlflow.source.git.commit"] == head and run.data.tags["adapt.git_dirty"] in ("true", "false")
+
+    # the registry: why each version is (or is not) champion, and the champion named on the model
+    aliases = {k: str(v) for k, v in c.get_registered_model("parts").aliases.items()}
+    champion = aliases[CHAMPION]
+    assert c.get_registered_model("parts").tags[CHAMPION].startswith(f"version {champion}, balanced accuracy ")
+    described = {v: c.get_model_version("parts", v).description for v in ("1", "2")}
+    assert described[champion].startswith("**Champion** since ")
+    other = "1" if champion == "2" else "2"
+    if champion == "2":
+        assert described["1"].startswith("**Former champion**: version 2 replaced it on ")
+    else:
+        assert described["2"].startswith("**Challenger, not champion**: version 1 stays champion because balanced_accuracy")
+    assert "shots per class" in described[other] and "held-out test images" in described[other]
 
 
 def test_champion_serves_as_pyfunc_and_exports_from_the_registry(store, tmp_path):
@@ -122,9 +172,9 @@ def test_champion_serves_as_pyfunc_and_exports_from_the_registry(store, tmp_path
     import pandas as pd
 
     from adapt.contract.modelmeta import read_file as read_metadata
-    from adapt.tracking.registry import download_version
+    from adapt.tracking.registry import fetch_registered
 
-    local = download_version("models:/parts@champion", store.uri)
+    local = fetch_registered("models:/parts@champion", store.uri)
     assert local.onnx_path.name == "model.onnx" and local.torch_path.name == "classifier.pt" and local.name == "parts"
     assert read_metadata(local.onnx_path).model_name == "parts"
     model_dir = next(p for p in local.onnx_path.parents if (p / "MLmodel").is_file())
@@ -245,7 +295,7 @@ def test_tracking_failure_after_training_keeps_results_and_names_the_command_to_
     runs = c.search_runs([c.get_experiment_by_name("retrain-parts").experiment_id], filter_string="attributes.status = 'FINISHED'")
     assert len(runs) == 1 and runs[0].data.tags["adapt.logged_later"] == "true"
     assert runs[0].inputs.dataset_inputs[0].dataset.digest == runs[0].data.params["dataset_fingerprint"]
-    assert c.get_metric_history(runs[0].info.run_id, "balanced_accuracy")
+    assert c.get_metric_history(runs[0].info.run_id, "test/balanced_accuracy")
 
 
 def test_models_list_without_a_store_says_where_it_looked_and_creates_nothing(tmp_path, monkeypatch):
@@ -269,7 +319,7 @@ def test_retrain_runs_show_their_dataset_in_an_experiment_that_opens_on_runs(sto
         assert used.dataset.name == "parts" and used.dataset.digest == run.data.params["dataset_fingerprint"]
         counts = json.loads(used.dataset.profile)
         assert counts["test"] == metrics_of(store.runs[0])["n"] and counts["few_shot_train"] == 8
-        assert {t.key: t.value for t in used.tags}["mlflow.data.context"] == "training"
+        assert {t.key: t.value for t in used.tags}["mlflow.data.context"] == "train+test"
 
 
 def test_existing_experiments_get_the_classic_ml_kind(tmp_path):

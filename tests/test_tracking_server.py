@@ -127,15 +127,15 @@ def test_retrain_logs_and_registers_on_a_tracking_server(server, trained):
     assert "registered parts version 1; champion: moved to version 1" in stdout
     assert run.info.status == "FINISHED" and run.data.params["method"] == "coop"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert run.data.metrics["balanced_accuracy"] == pytest.approx(metrics["balanced_accuracy"])
+    assert run.data.metrics["test/balanced_accuracy"] == pytest.approx(metrics["balanced_accuracy"])
     assert len(c.get_metric_history(run.info.run_id, "val_balanced_accuracy")) == 3
     assert {"metrics.json", "confusion_matrix.png", "labels.json"} <= {a.path for a in c.list_artifacts(run.info.run_id)}
     assert str(c.get_registered_model("parts").aliases[CHAMPION]) == "1"
     assert c.get_model_version("parts", "1").tags["dataset_fingerprint"] == metrics["dataset_fingerprint"]
 
-    from adapt.tracking.registry import download_version
+    from adapt.tracking.registry import fetch_registered
 
-    local = download_version("models:/parts@champion", server.uri)
+    local = fetch_registered("models:/parts@champion", server.uri)
     assert local.onnx_path.name == "model.onnx" and local.torch_path.is_file() and local.version == "1"
 
 
@@ -188,7 +188,7 @@ def test_mlflow_models_serve_answers_for_the_champion(server, trained, tmp_path)
     import mlflow.pyfunc
     import pandas as pd
 
-    from adapt.tracking.registry import download_version
+    from adapt.tracking.registry import fetch_registered
 
     port = free_port()
     cmd = [str(Path(BIN) / "mlflow"), "models", "serve", "-m", "models:/parts@champion", "--env-manager", "local",
@@ -203,7 +203,7 @@ def test_mlflow_models_serve_answers_for_the_champion(server, trained, tmp_path)
     finally:
         serving.stop()
     assert [set(p) for p in predictions] == [{"label", "probability", "needs_review", "prob_dark", "prob_bright"}] * 2
-    local = download_version("models:/parts@champion", server.uri)
+    local = fetch_registered("models:/parts@champion", server.uri)
     model_dir = next(p for p in local.onnx_path.parents if (p / "MLmodel").is_file())
     expected = mlflow.pyfunc.load_model(str(model_dir)).predict(pd.DataFrame({"image": images}))
     assert [p["label"] for p in predictions] == list(expected["label"])

@@ -1,12 +1,12 @@
 """Checks of what the user typed that answer in milliseconds, before a command imports torch,
 open_clip or MLflow (8-19 s on a small machine): paths that do not exist, empty folders,
 malformed ``models:/`` URIs, a registry store that is not there. Each raises ``AdaptError``
-with a one-line reason; the deeper checks (image decoding, registry lookups) stay where they are.
+with a one-line reason; the deeper checks (image decoding) stay where they are. A ``models:/``
+name, alias or version is looked up through MLflow's client before torch is imported.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 from adapt.errors import AdaptError, DataError
@@ -75,7 +75,9 @@ def check_model(uri: str, tracking_uri: str | None, option: str = "--model", reg
         if db is not None and not db.expanduser().is_file():
             raise AdaptError(f"{option} {uri}: no MLflow store at {db} (pass --tracking-uri or set MLFLOW_TRACKING_URI)")
         if db is not None and registered:
-            _check_registered(db.expanduser(), name, alias, version, uri, option)
+            from adapt.tracking.registry import check_registered
+
+            check_registered(store, name, alias, version, f"{option} {uri}")
         return
     if not Path(uri).expanduser().exists():
         raise AdaptError(f"model not found: {uri} (expected models:/NAME@ALIAS, models:/NAME/VERSION, a run folder or a model file)")
@@ -85,25 +87,3 @@ def check_output_folder(path: str | None, option: str) -> None:
     """The folder a new output file goes into must exist."""
     if path and not Path(path).expanduser().resolve().parent.is_dir():
         raise AdaptError(f"{option}: folder {Path(path).parent} does not exist")
-
-
-def _check_registered(db: Path, name: str, alias: str, version: str, uri: str, option: str) -> None:
-    """Look the model up in MLflow's sqlite registry tables directly (milliseconds; importing MLflow
-    takes seconds). A store whose schema is not the expected one is left to MLflow to judge."""
-    import sqlite3
-
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
-            if not conn.execute("SELECT 1 FROM registered_models WHERE name = ?", (name,)).fetchone():
-                known = [r[0] for r in conn.execute("SELECT name FROM registered_models ORDER BY name LIMIT 20")]
-                raise AdaptError(f"{option} {uri}: no registered model '{name}' in {db} (registered: {', '.join(known) or 'none'})")
-            if alias and not conn.execute(
-                "SELECT 1 FROM registered_model_aliases WHERE name = ? AND alias = ?", (name, alias)
-            ).fetchone():
-                raise AdaptError(f"{option} {uri}: model '{name}' has no alias '{alias}' (see `adapt models list {name}`)")
-            if version and not conn.execute(
-                "SELECT 1 FROM model_versions WHERE name = ? AND version = ?", (name, int(version))
-            ).fetchone():
-                raise AdaptError(f"{option} {uri}: model '{name}' has no version {version} (see `adapt models list {name}`)")
-    except sqlite3.Error:
-        return

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     from adapt.cli import checks
     from adapt.errors import AdaptError
-    from adapt.tracking.model_uri import resolve_model
+    from adapt.tracking.resolve import resolve_model
 
     checks.check_model(args.model, args.tracking_uri)  # user errors first, in milliseconds
     checks.check_data(args.data)

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from adapt.cli import checks
     from adapt.errors import AdaptError
-    from adapt.tracking.model_uri import resolve_model
+    from adapt.tracking.resolve import resolve_model
 
     if args.format == "triton":
         return _run_triton(args)

@@ -84,16 +84,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def format_table(rows) -> str:
+    from adapt.tracking.ui import metric_value
+
     header = ["NAME", "VERSION", "ALIASES", *(m.upper() for m in METRIC_COLUMNS), "METHOD", "SHOTS", "DATA (FINGERPRINT)", "CREATED"]
     table = [header]
     for r in rows:
         t = r.tags
-        metrics = []
-        for m in METRIC_COLUMNS:
-            try:
-                metrics.append(f"{float(t[m]):.4f}")
-            except (KeyError, ValueError):
-                metrics.append("-")
+        values = [metric_value(t, m) for m in METRIC_COLUMNS]  # test/<metric>, or <metric> on older versions
+        metrics = ["-" if v is None else f"{v:.4f}" for v in values]
         data = f"{t.get('dataset', '-')} ({t.get('dataset_fingerprint', '-')[:8]})"
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_ms / 1000)) if r.created_ms else "-"
         table.append([r.name, r.version, ",".join(r.aliases) or "-", *metrics, t.get("method", "-"), t.get("shots", "-"), data, created])
@@ -123,7 +121,7 @@ def run_log(args: argparse.Namespace) -> int:
     from adapt.tracking.runs import start_run
     from adapt.tracking.store import TrackingError, default_experiment
 
-    from adapt.tracking.model_uri import ONNX_FILE
+    from adapt.contract.model_uri import ONNX_FILE
 
     if not (Path(args.run_dir) / ONNX_FILE).is_file():  # before load_retrain_result imports torch
         raise AdaptError(f"{args.run_dir} is not an adapt retrain output folder (no {ONNX_FILE})")

@@ -1,9 +1,11 @@
 """A retrain in MLflow: ``RetrainTracker`` plugs into ``adapt.pipelines.retrain.RunHooks``.
 
-``log_retrain_result`` logs a finished retrain output folder (final metrics, confusion matrix,
-metrics JSON, labels, the exported classifier as an MLflow pyfunc model) and ``register_result``
-registers it through the champion gate in ``adapt.tracking.registry``. ``load_retrain_result``
-reads a folder back, for ``adapt models log``.
+``log_retrain_result`` logs a finished retrain output folder (held-out metrics as ``test/...``,
+confusion matrix, metrics JSON, labels, ``model.onnx``, the exported classifier as an MLflow pyfunc
+model named after what it is, with the held-out metrics linked to it and to the dataset) and
+``register_result`` registers it through the champion gate in ``adapt.tracking.registry``.
+``load_retrain_result`` reads a folder back, for ``adapt models log``. Metric names and the texts a
+human reads in the UI come from ``adapt.tracking.ui``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapt.errors import AdaptError
-from adapt.tracking.runs import TrackedRun, log_classifier_model, start_run
+from adapt.tracking import ui
+from adapt.tracking.runs import TrackedRun, log_classifier_model, model_name_for, start_run
 from adapt.tracking.store import TrackingError, default_experiment, first_line
 
 if TYPE_CHECKING:  # adapt.pipelines.retrain pulls in torch; `adapt models ...` must not
@@ -28,16 +31,17 @@ FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "needs_
 
 
 def final_metrics(metrics: dict) -> dict[str, float]:
-    """The held-out metrics as flat MLflow metrics (per-class ones as ``per_class/<class>/<metric>``)."""
-    out = {k: metrics[k] for k in FINAL_METRICS if isinstance(metrics.get(k), (int, float))}
+    """The held-out metrics of ``metrics.json`` as flat MLflow metrics under ``test/`` (per-class ones
+    as ``test/per_class/<class>/<metric>``)."""
+    out = {ui.test_metric(k): metrics[k] for k in FINAL_METRICS if isinstance(metrics.get(k), (int, float))}
     if isinstance(metrics.get("n"), int):
-        out["test_images"] = metrics["n"]
+        out[ui.test_metric("images")] = metrics["n"]
     for cls, values in (metrics.get("per_class") or {}).items():
         for k, v in values.items():
             if k != "support":
-                out[f"per_class/{cls}/{k}"] = v
+                out[ui.test_metric(f"per_class/{cls}/{k}")] = v
     for cls, recall in ((metrics.get("anomaly") or {}).get("defect_recall") or {}).items():
-        out[f"defect_recall/{cls}"] = recall  # anomaly runs: recall of each original defect class
+        out[ui.test_metric(f"defect_recall/{cls}")] = recall  # anomaly runs: recall of each original defect class
     return out
 
 
@@ -73,9 +77,10 @@ def run_name_for(params: dict) -> str:
 
 
 def version_tags(result: RetrainResult) -> dict[str, str]:
-    """Tags of a registered version: the eval metrics and what they were measured on."""
+    """Tags of a registered version: the held-out metrics (``test/<metric>``, what the gate compares)
+    and what they were measured on."""
     m, p = result.metrics, result.params
-    tags = {k: f"{float(m[k]):.6g}" for k in FINAL_METRICS if isinstance(m.get(k), (int, float))}
+    tags = {ui.test_metric(k): f"{float(m[k]):.6g}" for k in FINAL_METRICS if isinstance(m.get(k), (int, float))}
     tags["dataset_fingerprint"] = result.dataset_fingerprint
     for key in ("dataset", "method", "shots", "seed"):
         if key in m or key in p:
@@ -88,15 +93,27 @@ def version_tags(result: RetrainResult) -> dict[str, str]:
     return tags
 
 
+def run_description(result: RetrainResult, decision=None) -> str:
+    """The run's description in the UI (markdown): what was trained, how it scored, what the gate did."""
+    tags = {**{k: str(v) for k, v in result.params.items()}, **version_tags(result)}
+    text = ui.model_summary(tags) + "."
+    if decision is not None:
+        text += f"\n\nRegistered as **{decision.name} version {decision.version}**: {decision.summary()}."
+    return text
+
+
 @dataclass
 class TrackingOutcome:
     run_url: str
     run_id: str
     model_id: str = ""
     decision: object | None = None  # adapt.tracking.registry.GateDecision
+    runs_url: str = ""  # the experiment's runs table with the headline columns
 
     def lines(self) -> list[str]:
         lines = [f"MLflow run: {self.run_url}"]
+        if self.runs_url:
+            lines.append(f"MLflow runs table: {self.runs_url}")
         if self.decision is not None:
             lines.append(self.decision.summary())
         return lines
@@ -106,27 +123,31 @@ def log_retrain_result(
     run: TrackedRun,
     result: RetrainResult,
     register: str | None = None,
-    promote_metric: str = "balanced_accuracy",
+    promote_metric: str = ui.HEADLINE_METRIC,
     history: list[dict] | None = None,
 ) -> TrackingOutcome:
     """Log a finished retrain into ``run`` and end it; then register it through the promotion gate."""
-    from adapt.pipelines.retrain import CM_FILE, LABELS_FILE, METRICS_FILE, RUN_FILE
+    from adapt.pipelines.retrain import CM_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE
 
     chosen_later = {k: v for k, v in result.params.items() if k not in run.logged_params}  # e.g. chosen.*, reject_threshold
     if chosen_later:
         run.log_params(chosen_later)
     for i, entry in enumerate(history or []):
-        run.log_metrics({k: v for k, v in entry.items() if k != "epoch"}, step=int(entry.get("epoch", i)))
-    run.log_metrics(final_metrics(result.metrics))
-    run.log_metrics({f"time/{k}": v for k, v in result.timings.items()})
+        run.log_metrics({ui.curve_metric(k, ui.VAL): v for k, v in entry.items() if k != "epoch"}, step=int(entry.get("epoch", i)))
+    run.log_metrics({f"{ui.TIME}/{k}": v for k, v in result.timings.items()})
     out = result.output_dir
-    for name in (METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE):
+    for name in (METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE, MODEL_FILE):
         if (out / name).is_file():
             run.log_artifact(out / name)
-    run.set_tags({"adapt.output_dir": str(out.resolve()), "dataset_fingerprint": result.dataset_fingerprint})
-    model_id = log_classifier_model(run, result.model_path, result.classifier_path)
+    run.set_tags({"adapt.output_dir": str(out.resolve()), "dataset_fingerprint": result.dataset_fingerprint,
+                  ui.NOTE_TAG: run_description(result)})
+    model_params = {k: v for k, v in result.params.items() if not isinstance(v, (list, dict))}
+    model_id = log_classifier_model(run, result.model_path, result.classifier_path, name=model_name_for(result.params), params=model_params)
+    # the held-out metrics: the run's, and the logged model's on the dataset it was evaluated on
+    dataset = (str(result.params.get("dataset") or result.metrics.get("dataset") or "data"), result.dataset_fingerprint)
+    run.log_metrics(final_metrics(result.metrics), model_id=model_id, dataset=dataset if result.dataset_fingerprint else None)
     run.end("FINISHED")
-    outcome = TrackingOutcome(run.url, run.run_id, model_id)
+    outcome = TrackingOutcome(run.url, run.run_id, model_id, runs_url=run.experiment_url)
     if register:
         register_result(run, outcome, result, register, promote_metric)
     return outcome
@@ -136,8 +157,10 @@ def register_result(run: TrackedRun, outcome: TrackingOutcome, result: RetrainRe
     """Register the run's logged model as a version of ``name`` and put it through the champion gate."""
     from adapt.tracking.registry import gate, register_version
 
-    version = register_version(run.client, name, outcome.model_id, run.run_id, version_tags(result))
-    outcome.decision = gate(run.client, run.tracking_uri, name, version, promote_metric)
+    with run.requests():
+        version = register_version(run.client, name, outcome.model_id, run.run_id, version_tags(result))
+        outcome.decision = gate(run.client, run.tracking_uri, name, version, promote_metric)
+        run.set_tags({ui.NOTE_TAG: run_description(result, outcome.decision)})
 
 
 def log_later_command(output_dir: Path, tracking_uri: str, register: str | None, experiment: str | None) -> str:
@@ -163,7 +186,7 @@ class RetrainTracker:
     the command that logs the folder later) for the caller to report.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str | None = None, register: str | None = None, promote_metric: str = "balanced_accuracy") -> None:
+    def __init__(self, tracking_uri: str, experiment: str | None = None, register: str | None = None, promote_metric: str = ui.HEADLINE_METRIC) -> None:
         self.tracking_uri, self.experiment = tracking_uri, experiment
         self.register, self.promote_metric = register, promote_metric
         self.run: TrackedRun | None = None
@@ -191,7 +214,7 @@ class RetrainTracker:
         if self.run is None or self.run.broken:
             return
         try:
-            self.run.log_metrics(values, step)
+            self.run.log_metrics({ui.curve_metric(k, ui.VAL): v for k, v in values.items()}, step)
         except TrackingError as exc:
             self.run.mark_broken(exc)
 

@@ -1,10 +1,11 @@
 """The MLflow model registry: versions with their eval metrics, and the promotion gate.
 
-Every registered version carries its held-out metrics and the dataset fingerprint as tags.
-``gate`` moves the alias ``champion`` to a new version only if it beats the current champion
-on the same held-out data (same ``dataset_fingerprint``, compared on one metric); otherwise the
-new version gets ``challenger`` and the decision says why. ``promote`` is the deliberate human
-override. Both hold a registry lock while they read the champion and move an alias, so two runs
+Every registered version carries its held-out metrics (``test/<metric>``) and the dataset
+fingerprint as tags. ``gate`` moves the alias ``champion`` to a new version only if it beats the
+current champion on the same held-out data (same ``dataset_fingerprint``, compared on one metric);
+otherwise the new version gets ``challenger`` and the decision says why. ``promote`` is the
+deliberate human override. Both write why a version is (or is no longer) champion into its
+description and the champion into the registered model's ``champion`` tag, for the MLflow UI. Both hold a registry lock while they read the champion and move an alias, so two runs
 racing for ``champion`` leave it on the better one: a file lock beside the database for the
 embedded sqlite store, and for a tracking server a short-lived lock entry in the registry itself
 (creating a registered model is atomic on the server).
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapt.errors import AdaptError
+from adapt.tracking import ui
 from adapt.tracking.store import (
     TrackingError,
     environ,
@@ -42,7 +44,7 @@ from adapt.tracking.store import (
 logger = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-DEFAULT_PROMOTE_METRIC = "balanced_accuracy"
+DEFAULT_PROMOTE_METRIC = ui.HEADLINE_METRIC
 GATE_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "roc_auc", "accuracy_on_accepted", "needs_review_rate")
 LOWER_IS_BETTER = frozenset({"needs_review_rate"})
 LOCK_SUFFIX = ".adapt-gate-lock"  # registered-model name of the server-side lock
@@ -133,7 +135,7 @@ def register_version(client, name: str, model_id: str, run_id: str, tags: dict[s
     validate_model_name(name)
     try:
         try:
-            client.create_registered_model(name, description="few-shot classifier registered by adapt retrain")
+            client.create_registered_model(name, description=model_description(name))
         except MlflowException as exc:
             if _error_code(exc) not in _ALREADY_EXISTS:
                 raise
@@ -178,21 +180,43 @@ def _aliases(client, name: str) -> dict[str, str]:
     return {a.alias: str(a.version) for a in aliases}
 
 
-def _tag_float(tags: dict, key: str) -> float | None:
-    try:
-        return float(tags[key])
-    except (KeyError, TypeError, ValueError):
-        return None
+def model_description(name: str) -> str:
+    return (f"Few-shot classifier registered by `adapt retrain --register {name}`. The alias **@champion** is the "
+            f"version the inspection service serves (`models:/{name}@champion`); `adapt retrain --register` moves it "
+            f"only to a version that beats it on the same held-out data, else the new version is **@challenger**. "
+            f"Each version's description says why; the tag `champion` names the current one.")
+
+
+def _describe(client, name: str, version: str, status: str) -> None:
+    """A version's description: ``status`` (why it is, or is not, champion) and what the model is."""
+    tags = dict(client.get_model_version(name, version).tags or {})
+    client.update_model_version(name, str(version), description=f"{status}\n\n{ui.model_summary(tags)}.")
+
+
+def _mark_champion(client, name: str, version: str, status: str, previous: str | None, replaced: str) -> None:
+    """Descriptions of the new champion and of the one it replaced, and the registered model's ``champion`` tag."""
+    _describe(client, name, version, status)
+    if previous and previous != str(version):
+        _describe(client, name, previous, f"**Former champion**: {replaced}")
+    tags = dict(client.get_model_version(name, version).tags or {})
+    score = ui.metric_value(tags, DEFAULT_PROMOTE_METRIC)
+    client.set_registered_model_tag(name, CHAMPION, f"version {version}" + (f", balanced accuracy {ui.percent(score)}" if score is not None else ""))
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M")
 
 
 def decide(name: str, new, champion, metric: str) -> tuple[bool, str, float | None, float | None]:
-    """(promote?, reason, new value, champion value) for version ``new`` against ``champion`` (or None)."""
-    value = _tag_float(new.tags, metric)
+    """(promote?, reason, new value, champion value) for version ``new`` against ``champion`` (or None).
+
+    Reads the tag ``test/<metric>`` (``<metric>`` on versions registered before the names were grouped)."""
+    value = ui.metric_value(new.tags, metric)
     if value is None:
         return False, f"version {new.version} has no {metric} tag to compare", None, None
     if champion is None:
         return True, f"there was no champion ({metric} {value:.4f})", value, None
-    old = _tag_float(champion.tags, metric)
+    old = ui.metric_value(champion.tags, metric)
     fp_new, fp_old = new.tags.get("dataset_fingerprint", ""), champion.tags.get("dataset_fingerprint", "")
     override = f"promote deliberately with: adapt models promote {name} {new.version}"
     if not fp_new or fp_new != fp_old:
@@ -224,8 +248,14 @@ def gate(client, tracking_uri: str, name: str, version: str, metric: str = DEFAU
             if now != str(version):
                 raise TrackingError(f"alias {alias} of '{name}' points to version {now} right after setting it to {version}")
             for key, tag in (("decision", alias), ("reason", reason), ("metric", metric), ("compared_to", current or ""),
-                             ("compared_value", "" if old is None else f"{old:.6g}")):
+                             ("compared_value", "" if old is None else f"{old:.4f}")):
                 client.set_model_version_tag(name, str(version), f"adapt.gate.{key}", tag)
+            if promote:
+                _mark_champion(client, name, str(version), f"**Champion** since {_stamp()}: {reason}.", current,
+                               f"version {version} replaced it on {_stamp()} because {reason}.")
+            else:
+                held = f"version {current} stays champion" if current else "no champion"
+                _describe(client, name, str(version), f"**Challenger, not champion**: {held} because {reason}.")
     except TrackingError:
         raise
     except Exception as exc:
@@ -249,8 +279,11 @@ def promote(client, tracking_uri: str, name: str, version: str, alias: str = CHA
                 client.delete_registered_model_alias(name, CHALLENGER)
             who = _user()
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            client.set_model_version_tag(name, str(version), f"adapt.promoted.{alias}",
-                                         f"by {who} at {stamp}: {reason or 'manual override'} (was version {aliases.get(alias) or 'none'})")
+            why = f"by {who} at {stamp}: {reason or 'manual override'} (was version {aliases.get(alias) or 'none'})"
+            client.set_model_version_tag(name, str(version), f"adapt.promoted.{alias}", why)
+            if alias == CHAMPION:
+                _mark_champion(client, name, str(version), f"**Champion**, promoted deliberately {why}.", aliases.get(CHAMPION),
+                               f"version {version} was promoted over it by {who} on {_stamp()}: {reason or 'manual override'}.")
     except TrackingError:
         raise
     except Exception as exc:
@@ -305,16 +338,47 @@ def list_versions(client, name: str | None = None) -> list[VersionRow]:
 
 # ---------------------------------------------------------------- registered versions -> local files
 
+
+def check_registered(tracking_uri: str, name: str, alias: str, version: str, what: str) -> None:
+    """``TrackingError`` (one line, starting with ``what``) unless model ``name`` has ``alias`` / ``version``."""
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client(tracking_uri)
+    try:
+        try:
+            client.get_registered_model(name)
+        except MlflowException as exc:
+            if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            known = [m.name for m in client.search_registered_models(max_results=20) if not m.name.endswith(LOCK_SUFFIX)]
+            raise TrackingError(f"{what}: no registered model '{name}' in {tracking_uri} (registered: {', '.join(known) or 'none'})") from None
+        if alias and alias not in _aliases(client, name):
+            raise TrackingError(f"{what}: model '{name}' has no alias '{alias}' (see `adapt models list {name}`)")
+        if version:
+            try:
+                client.get_model_version(name, version)
+            except MlflowException as exc:
+                if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                raise TrackingError(f"{what}: model '{name}' has no version {version} (see `adapt models list {name}`)") from None
+    except TrackingError:
+        raise
+    except Exception as exc:
+        raise TrackingError(f"{what}: cannot read the registry at {tracking_uri} ({first_line(exc)})") from exc
+
+
 def _cache_root() -> Path:
     from adapt.defaults import cache_dir
 
     return cache_dir() / "registry"
 
 
-def download_version(uri: str, tracking_uri: str | None = None):
-    """Local ``model.onnx`` + ``classifier.pt`` of a registered version, as ``adapt.tracking.model_uri.LocalModel``.
+def fetch_registered(uri: str, tracking_uri: str | None = None):
+    """Local ``model.onnx`` + ``classifier.pt`` of the registered version ``uri`` (``models:/NAME@ALIAS``
+    or ``models:/NAME/VERSION``), as ``adapt.contract.model_uri.LocalModel``.
 
-    Downloads are cached per (store, name, version, source): a version never changes.
+    Downloads (``adapt.contract.model_uri.download_version``) are cached per (store, name, version,
+    source): a version never changes.
     """
     from adapt.contract import model_uri
 

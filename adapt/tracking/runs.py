@@ -2,9 +2,9 @@
 
 Params, metrics, tags, the dataset input, artifacts, ``end``; provenance tags (host, PID, git
 commit, command). Everything goes through an ``MlflowClient`` bound to the given URI; no fluent
-(global) run is started. Experiments are tagged as classic ML (``mlflow.experimentKind``) so the
-UI opens on their runs. ``log_classifier_model`` logs an exported classifier as a pyfunc model
-(``adapt.tracking.pyfunc``).
+(global) run is started. Experiments get a description and the saved view of the headline
+columns (``adapt.tracking.ui``). ``log_classifier_model`` logs an exported classifier as a pyfunc
+model (``adapt.tracking.pyfunc``) named after what it is, with its params.
 """
 
 from __future__ import annotations
@@ -26,24 +26,26 @@ from pathlib import Path
 
 from adapt import __version__
 from adapt.contract.modelmeta import read_file
+from adapt.tracking import ui
 from adapt.tracking.store import (
     HOST_TAG,
     PID_START_TAG,
     PID_TAG,
     TrackingError,
-    _process_start,
     environ,
     first_line,
     is_remote,
     mlflow_client,
+    process_start,
     quick_requests,
+    run_requests,
     sqlite_path,
 )
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME_IN_RUN = "classifier"  # name of the logged MLflow model in the run
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # MLflow 3 UI: a runs page
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = ui.EXPERIMENT_KIND_TAG, ui.EXPERIMENT_KIND
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 _MAX_PARAM_CHARS = 6000
 _METRIC_NAME_BAD = re.compile(r"[^\w\-./ ]")
 
@@ -51,8 +53,8 @@ _METRIC_NAME_BAD = re.compile(r"[^\w\-./ ]")
 @functools.cache
 def _git_commit() -> tuple[str, bool] | None:
     """(commit, dirty) of the git checkout this package runs from, if it runs from one."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
+    root = Path(__file__).resolve().parents[2]  # the folder holding the adapt package
+    if not (root / ".git").exists():  # a folder in a clone, a file in a worktree
         return None
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
@@ -76,7 +78,7 @@ def run_tags(command: str) -> dict[str, str]:
         "mlflow.source.name": f"adapt {command}",
         "mlflow.source.type": "LOCAL",
     }
-    if (started := _process_start(os.getpid())) is not None:
+    if (started := process_start(os.getpid())) is not None:
         tags[PID_START_TAG] = started
     with contextlib.suppress(Exception):
         tags["mlflow.user"] = getpass.getuser()
@@ -87,9 +89,16 @@ def run_tags(command: str) -> dict[str, str]:
     return tags
 
 
-def _experiment_id(client, name: str, tracking_uri: str) -> str:
+def experiment_tags(name: str, command: str) -> dict[str, str]:
+    """Tags of an experiment adapt creates: its kind, its description and the headline saved view."""
+    view_key, view = ui.saved_view_tag()
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, ui.NOTE_TAG: ui.experiment_description(name, command), view_key: view}
+
+
+def _experiment_id(client, name: str, tracking_uri: str, command: str = "retrain") -> str:
     from mlflow.exceptions import MlflowException
 
+    tags = experiment_tags(name, command)
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = None
@@ -97,15 +106,16 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
             slug = re.sub(r"[^\w.-]+", "_", name).strip("._") or "experiment"
             location = (db.expanduser().resolve().parent / "mlruns" / slug).as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return client.create_experiment(name, artifact_location=location, tags=tags)
         except MlflowException:  # created concurrently by another run
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
         raise TrackingError(f"MLflow experiment '{name}' is deleted; restore it in the MLflow UI or pass another --experiment")
-    if EXPERIMENT_KIND_TAG not in exp.tags:  # made before we tagged, or by someone else: still classic ML
-        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    for key, value in tags.items():  # made before adapt set these, or by someone else; a user's own text stays
+        if key not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
 
 
@@ -136,14 +146,25 @@ class TrackedRun:
 
     @property
     def url(self) -> str:
-        """Where to look at the run: the UI address for servers, else the run id and the UI command."""
+        """Where to look at the run: the UI address for servers, else the run id, the UI command and the address it serves."""
         if is_remote(self.tracking_uri):
-            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
-        return f"{self.run_id} in experiment '{self.experiment_name}' (view: mlflow ui --backend-store-uri {self.tracking_uri})"
+            return ui.run_link(self.tracking_uri, self.experiment_id, self.run_id)
+        return (f"{self.run_id} in experiment '{self.experiment_name}' (view: mlflow ui --backend-store-uri {self.tracking_uri}, "
+                f"then {ui.run_link(LOCAL_UI, self.experiment_id, self.run_id)})")
+
+    @property
+    def experiment_url(self) -> str:
+        """The experiment's runs with the headline columns (for a local store: where `mlflow ui` serves it)."""
+        return ui.experiment_link(self.tracking_uri if is_remote(self.tracking_uri) else LOCAL_UI, self.experiment_id)
+
+    def requests(self):
+        """MLflow calls for this run inside this block: a dropped server fails in seconds (``run_requests``)."""
+        return run_requests(self.tracking_uri)
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with self.requests():
+                return fn(*args, **kwargs)
         except TrackingError:
             raise
         except Exception as exc:
@@ -157,13 +178,15 @@ class TrackedRun:
             self._call("logging params", self.client.log_batch, self.run_id, params=items[i : i + 100])
         self.logged_params.update(str(k) for k in params)
 
-    def log_metrics(self, values: dict, step: int = 0) -> None:
-        """Log the finite numeric entries of ``values`` at ``step``."""
+    def log_metrics(self, values: dict, step: int = 0, model_id: str | None = None, dataset: tuple[str, str] | None = None) -> None:
+        """Log the finite numeric entries of ``values`` at ``step``; with ``model_id`` (and ``dataset``,
+        (name, digest)) they are also the metrics of that logged model, measured on that dataset."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        name, digest = dataset or (None, None)
         items = [
-            Metric(_metric_name(str(k)), float(v), now, int(step))
+            Metric(_metric_name(str(k)), float(v), now, int(step), model_id=model_id, dataset_name=name, dataset_digest=digest)
             for k, v in values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
         ]
@@ -176,13 +199,13 @@ class TrackedRun:
         items = [RunTag(str(k), str(v)) for k, v in tags.items()]
         self._call("setting tags", self.client.log_batch, self.run_id, tags=items)
 
-    def log_dataset(self, name: str, digest: str, source: str, profile: dict, context: str = "training") -> None:
-        """The run's dataset input (what the MLflow runs table shows in its Dataset column)."""
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict, context: str = "train+test") -> None:
+        """The run's dataset input (what the MLflow runs table shows in its Dataset column); ``context``
+        says what the run used it for (adapt retrain: the few-shot train pool and the held-out test split)."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
-        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         dataset = Dataset(name, digest, "local", json.dumps({"uri": source}), profile=json.dumps(profile))
-        inputs = [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        inputs = [DatasetInput(dataset, [InputTag(ui.DATASET_CONTEXT_TAG, context)])]
         self._call("logging the dataset", self.client.log_inputs, self.run_id, datasets=inputs)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -217,8 +240,9 @@ def start_run(
     """Create a run in ``experiment`` (created if missing) with ``params`` and provenance tags."""
     client = mlflow_client(tracking_uri)
     try:
-        exp_id = _experiment_id(client, experiment, tracking_uri)
-        run = client.create_run(exp_id, run_name=run_name, tags={**run_tags(command), **(tags or {})})
+        with run_requests(tracking_uri):
+            exp_id = _experiment_id(client, experiment, tracking_uri, command)
+            run = client.create_run(exp_id, run_name=run_name, tags={**run_tags(command), **(tags or {})})
     except TrackingError:
         raise
     except Exception as exc:
@@ -229,8 +253,16 @@ def start_run(
     return tracked
 
 
-def log_classifier_model(run: TrackedRun, onnx_path: str | Path, torch_path: str | Path | None = None) -> str:
-    """Log the exported classifier into ``run`` as an MLflow pyfunc model; returns its model id.
+def model_name_for(params: dict) -> str:
+    """The logged model's name: what it is, e.g. ``parts-linear-16shot-seed1``."""
+    text = f"{params.get('dataset', 'data')}-{params.get('method', 'model')}-{params.get('shots', '?')}shot-seed{params.get('seed', '?')}"
+    return re.sub(r"[^\w.+-]+", "_", text)
+
+
+def log_classifier_model(run: TrackedRun, onnx_path: str | Path, torch_path: str | Path | None = None,
+                         name: str = "classifier", params: dict | None = None) -> str:
+    """Log the exported classifier into ``run`` as an MLflow pyfunc model called ``name`` with
+    ``params`` (what it is); returns its model id.
 
     The model directory holds ``artifacts/model.onnx`` (what the pyfunc serves and what the gRPC
     service looks for) and ``artifacts/classifier.pt`` (for ``adapt export --model models:/...``).
@@ -249,7 +281,9 @@ def log_classifier_model(run: TrackedRun, onnx_path: str | Path, torch_path: str
     if torch_path is not None and Path(torch_path).is_file():
         artifacts[model_code.TORCH_ARTIFACT] = str(Path(torch_path).resolve())
     client = run.client
-    lm = run._call("creating the logged model", client.create_logged_model, run.experiment_id, name=MODEL_NAME_IN_RUN, source_run_id=run.run_id)
+    model_params = {str(k): _param_value(v) for k, v in (params or {}).items()}
+    lm = run._call("creating the logged model", client.create_logged_model, run.experiment_id, name=name,
+                   source_run_id=run.run_id, params=model_params or None)
     try:
         with tempfile.TemporaryDirectory(prefix="adapt-mlflow-model-") as tmp, environ(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
             local = Path(tmp) / "model"

@@ -68,7 +68,9 @@ def is_remote(tracking_uri: str) -> bool:
 
 @contextlib.contextmanager
 def environ(**values: str):
-    """Set environment variables (MLflow reads its settings from them) for the duration of a block."""
+    """Set environment variables for the duration of a block, then restore them. MLflow reads its
+    client settings (HTTP retries and timeouts, progress bars) only from the environment; this is
+    the one place adapt changes them, never for longer than the block."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -86,16 +88,22 @@ def quick_requests(timeout_s: int = PREFLIGHT_TIMEOUT_S):
     return environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(timeout_s)))
 
 
+def run_requests(tracking_uri: str):
+    """MLflow HTTP calls of a run inside this block: few retries (``RUN_HTTP_MAX_RETRIES``), so a
+    tracking server that drops mid-run costs seconds, not minutes of backoff. A value the user set
+    in ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` wins; stores that are not servers are left alone."""
+    if not is_remote(tracking_uri) or "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in os.environ:
+        return contextlib.nullcontext()
+    return environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES=RUN_HTTP_MAX_RETRIES)
+
+
 def preflight(tracking_uri: str, timeout_s: int = PREFLIGHT_TIMEOUT_S) -> None:
     """Check, in a few seconds, that the tracking store answers; ``TrackingError`` with a one-line reason if not.
 
-    Call it before any data loading or training. For remote servers it also caps MLflow's HTTP
-    retries for the rest of the process (unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` is set), so a
-    server that drops mid-run costs seconds, not minutes of backoff.
+    Call it before any data loading or training.
     """
     hint = "start it, pass another --tracking-uri, or run with --no-tracking"
     if is_remote(tracking_uri):
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", RUN_HTTP_MAX_RETRIES)
         try:
             with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s):
                 pass
@@ -118,7 +126,7 @@ def preflight(tracking_uri: str, timeout_s: int = PREFLIGHT_TIMEOUT_S) -> None:
     mark_dead_runs(tracking_uri)
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """The start time of process ``pid`` (Linux: clock ticks since boot), to tell a reused PID apart; None if unknown.
     A zombie (killed, not yet reaped) counts as gone: returns ``"zombie"``."""
     try:
@@ -136,7 +144,7 @@ def _process_alive(pid: int, started: str | None) -> bool:
         return False
     except PermissionError:  # exists, belongs to someone else
         pass
-    now = _process_start(pid)
+    now = process_start(pid)
     return now != "zombie" and (not started or now is None or now == started)
 
 

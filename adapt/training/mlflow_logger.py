@@ -1,62 +1,51 @@
-"""A Lightning ``MLFlowLogger`` that writes the curves of a training loop into an existing
-``adapt.tracking.runs.TrackedRun`` (it neither starts nor ends the run, and a logging failure
-mid-training marks the run ``broken`` instead of stopping training)."""
+"""A Lightning logger that writes the curves of a training loop into an existing
+``adapt.tracking.runs.TrackedRun``: it neither starts nor ends the run, names the curves the way
+the rest of the run's metrics are named (``train/loss``, ``val/balanced_accuracy``), and a logging
+failure mid-training marks the run ``broken`` instead of stopping training."""
 
 from __future__ import annotations
 
 import functools
-import logging
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # adapt.pipelines.retrain pulls in torch; `adapt models ...` must not
-    pass
 
 from adapt.tracking.runs import TrackedRun
-
-logger = logging.getLogger(__name__)
+from adapt.tracking.store import TrackingError
+from adapt.tracking.ui import TRAIN, curve_metric
 
 
 @functools.cache
 def _logger_class():
-    from lightning.pytorch.loggers import MLFlowLogger
-    from lightning.pytorch.loggers.logger import rank_zero_experiment
+    from lightning.pytorch.loggers.logger import Logger
     from lightning.pytorch.utilities import rank_zero_only
 
-    class RunBoundMLFlowLogger(MLFlowLogger):
-        """``MLFlowLogger`` bound to an existing ``TrackedRun``."""
+    class RunLogger(Logger):
+        """Lightning's ``Logger`` interface over a ``TrackedRun`` (its client, its run id)."""
 
         def __init__(self, run: TrackedRun) -> None:
-            super().__init__(experiment_name=run.experiment_name, tracking_uri=run.tracking_uri, run_id=run.run_id, log_model=False)
-            self._tracked = run
-            self._mlflow_client = run.client
+            super().__init__()
+            self.run = run
 
         @property
-        @rank_zero_experiment
-        def experiment(self):
-            # MLFlowLogger's own version calls mlflow.set_tracking_uri(), which also rewrites
-            # $MLFLOW_TRACKING_URI for the whole process; the run exists already, so skip that.
-            if not self._initialized:
-                self._experiment_id, self._initialized = self._tracked.experiment_id, True
-            return self._mlflow_client
+        def name(self) -> str:
+            return self.run.experiment_name
+
+        @property
+        def version(self) -> str:
+            return self.run.run_id
 
         @rank_zero_only
-        def log_hyperparams(self, params) -> None:  # params are logged once by the caller
+        def log_hyperparams(self, params, *args, **kwargs) -> None:  # params are logged once by the caller
             pass
 
         @rank_zero_only
         def log_metrics(self, metrics, step=None) -> None:
-            if self._tracked.broken:
+            if self.run.broken:
                 return
             try:
-                super().log_metrics(metrics, step)
-            except Exception as exc:
-                self._tracked.mark_broken(exc)
+                self.run.log_metrics({curve_metric(k, TRAIN): v for k, v in metrics.items()}, step=step or 0)
+            except TrackingError as exc:
+                self.run.mark_broken(exc)
 
-        @rank_zero_only
-        def finalize(self, status: str = "success") -> None:  # the run outlives the Trainer
-            pass
-
-    return RunBoundMLFlowLogger
+    return RunLogger
 
 
 def run_logger(run: TrackedRun):

@@ -15,9 +15,9 @@ from adapt.errors import AdaptError
 
 def resolve_model(uri: str, tracking_uri: str | None = None) -> LocalModel:
     if uri.startswith("models:/"):
-        from adapt.tracking.registry import download_version
+        from adapt.tracking.registry import fetch_registered
 
-        return download_version(uri, tracking_uri)
+        return fetch_registered(uri, tracking_uri)
     path = Path(uri).expanduser()
     if path.is_dir():
         onnx_path, torch_path = _find(path, ONNX_FILE, "*.onnx"), _find(path, TORCH_FILE, "*.pt")

@@ -19,6 +19,8 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -102,7 +104,8 @@ def create_backbone(
         model = _create(arch, None, device, precision)
         weights_id = f"random-init:{state_dict_hash(model)}"
     elif pretrained.lower() == "imagenet":
-        model = _create(arch, None, device, precision)
+        with weights_loaded_after_creation():
+            model = _create(arch, None, device, precision)
         net = load_imagenet_tower(model, arch)
         weights_id = f"imagenet-{net}:{imagenet.weights_digest(net)}+text:{state_dict_hash(model.transformer)}"
     elif path.is_dir():
@@ -149,6 +152,25 @@ def load_imagenet_tower(model: torch.nn.Module, arch: str) -> str:
     trunk = model.visual.trunk
     trunk.load_state_dict({k: v for k, v in full.items() if k in trunk.state_dict()}, strict=True)
     return net
+
+
+class _RandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def weights_loaded_after_creation() -> Iterator[None]:
+    """open_clip warns (on the root logger) that a model it creates without a checkpoint is
+    initialised randomly; inside this block that one line is dropped, for callers that load the
+    weights themselves right after (the ImageNet towers). Other messages pass."""
+    notice = _RandomInitNotice()
+    root = logging.getLogger()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -224,6 +246,20 @@ def _hub_reachable() -> bool:
         return False
 
 
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline switch (``constants.HF_HUB_OFFLINE``, read at each download) on for
+    this block only, and put back as it was after it."""
+    import huggingface_hub.constants as hf_constants
+
+    before = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = before
+
+
 def _create_from_tag(arch: str, tag: str, device, precision) -> torch.nn.Module:
     tags = [t for a, t in open_clip.list_pretrained() if a == arch]
     if tag not in tags:
@@ -232,13 +268,10 @@ def _create_from_tag(arch: str, tag: str, device, precision) -> torch.nn.Module:
             f"'{tag}' is neither a file nor a known open_clip tag for {arch} (tags: {known}); "
             f"use --pretrained none, default, a tag, or a checkpoint path"
         )
-    import huggingface_hub.constants as hf_constants
-
     offline = not _hub_reachable()
-    if offline:  # use the local cache only; without this the hub client retries for ~a minute
-        hf_constants.HF_HUB_OFFLINE = True
     try:
-        return open_clip.create_model(arch, pretrained=tag, device=device, precision=precision)
+        with _hub_offline(offline):  # the local cache only; without it the hub client retries for ~a minute
+            return open_clip.create_model(arch, pretrained=tag, device=device, precision=precision)
     except Exception as exc:  # download and cache failures come in many types
         hint = (
             "the model hub is unreachable and the weights are not cached"

@@ -3,8 +3,8 @@
 The losses are open_clip's own (``ClipLoss``, ``SigLipLoss``); under DDP, ClipLoss gathers
 features across ranks with gradients and computes the local loss, as open_clip's trainer does,
 so the batch seen by the loss grows with the number of devices. AdamW without weight decay on
-gains, biases, embeddings and temperature; linear warmup then cosine decay; the temperature
-is clamped to 100 after each step.
+gains, biases, norms and temperature (``adapt.training.optim``'s rule and warmup+cosine schedule);
+the temperature is clamped to 100 after each step.
 
 With ``ssl_weight > 0`` a SLIP-style self-supervised term is added: two augmented views of
 image-only (e.g. unlabeled in-domain) images, InfoNCE between them through a small projection
@@ -13,7 +13,11 @@ head that is not part of the saved model. Batches are then ``{"clip": ..., "ssl"
 
 from __future__ import annotations
 
+import logging
 import math
+import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -24,6 +28,9 @@ from adapt.core.classifier import PixelNormalizer
 from adapt.core.encoders import freeze_norm_stats
 from adapt.errors import AdaptError
 from adapt.training.devices import Devices
+from adapt.training.optim import decay_groups, step_schedule, warmup_cosine
+
+logger = logging.getLogger(__name__)
 
 # The image tower's output head (final norm + projection to the joint space): always trained at
 # the full learning rate, so even a locked trunk can meet the text tower.
@@ -74,8 +81,8 @@ class ContrastivePretraining(L.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
-        trainer = self._trainer  # None when used outside a Trainer (e.g. to measure a loss)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world = self.global_rank, (torch.distributed.get_world_size() if distributed else 1)  # 0, 1 outside a Trainer
         if self.loss_name == "clip":
             self.loss_fn = ClipLoss(local_loss=world > 1, gather_with_grad=world > 1, cache_labels=True, rank=rank, world_size=world)
         else:
@@ -120,34 +127,14 @@ class ContrastivePretraining(L.LightningModule):
             self.model.logit_scale.clamp_(0, math.log(100))
 
     def configure_optimizers(self):
-        groups: dict[tuple[bool, bool], list] = {}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
-            trunk = name.startswith("model.visual.") and name[len("model.visual.") :] not in IMAGE_HEAD
-            groups.setdefault((trunk, exclude), []).append(p)
-        opt = torch.optim.AdamW(
-            [
-                {
-                    "params": params,
-                    "weight_decay": 0.0 if exclude else self.weight_decay,
-                    "lr": self.lr * (self.vision_lr_scale if trunk else 1.0),
-                }
-                for (trunk, exclude), params in groups.items()
-            ],
-            lr=self.lr,
-            betas=(0.9, 0.98),
-            eps=1e-6,
-        )
-        warmup, total = self.warmup_steps, self.total_steps
+        def in_trunk(name: str) -> bool:
+            return name.startswith("model.visual.") and name[len("model.visual.") :] not in IMAGE_HEAD
 
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}}
+        named = list(self.named_parameters())
+        groups = decay_groups([(n, p) for n, p in named if not in_trunk(n)], self.weight_decay, lr=self.lr)
+        groups += decay_groups([(n, p) for n, p in named if in_trunk(n)], self.weight_decay, lr=self.lr * self.vision_lr_scale)
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.98), eps=1e-6)
+        return {"optimizer": opt, "lr_scheduler": step_schedule(warmup_cosine(opt, self.warmup_steps, self.total_steps))}
 
 
 def resume_checkpoint(ckpt_dir: Path, resume: bool) -> str | None:
@@ -199,3 +186,64 @@ def fit_pretraining(
     )
     trainer.fit(module, train_data, ckpt_path=resume_from)
     return trainer
+
+
+def combined_loader(loaders: dict):
+    """One batch of each loader per step (``{"clip": ..., "ssl": ...}``), cycling the shorter ones."""
+    from lightning.pytorch.utilities import CombinedLoader
+
+    return CombinedLoader(loaders, mode="max_size_cycle")
+
+
+@dataclass
+class PretrainingRun:
+    """What a pretraining run did: steps (counted from 0 across resumes), where it resumed, time, loss."""
+
+    steps: int
+    start_step: int
+    seconds: float
+    final_loss: float
+    is_main: bool  # rank 0: the process that writes the result
+
+
+def run_pretraining(
+    module: L.LightningModule,
+    train_data,
+    devices: Devices,
+    *,
+    ckpt_dir: Path,
+    resume: bool,
+    total_steps: int,
+    epochs: int,
+    max_steps: int = -1,
+    max_minutes: float | None = None,
+    checkpoint_every: int = 100,
+    loggers: list | None = None,
+    callbacks: list | None = None,
+    progress: bool = True,
+    loss_name: str = "train_loss",
+    log_every_n_steps: int = 10,
+) -> PretrainingRun:
+    """The one pretraining sequence of both objectives (contrastive, self-supervised): resume from
+    ``ckpt_dir/last.ckpt`` when asked, fit with resumable checkpoints, keep a checkpoint of where a
+    ``max_minutes`` cap stopped it, and report the steps, time and final ``loss_name``."""
+    ckpt_path = resume_checkpoint(ckpt_dir, resume)
+    if ckpt_path:
+        logger.info("resuming from %s", ckpt_path)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():  # frozen batch-norm layers (locked trunks) are in eval mode on purpose
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        trainer = fit_pretraining(
+            module, train_data, devices, ckpt_dir=ckpt_dir, resume_from=ckpt_path, epochs=epochs, max_steps=max_steps,
+            max_minutes=max_minutes, checkpoint_every=checkpoint_every, loggers=loggers, callbacks=callbacks,
+            progress=progress, log_every_n_steps=log_every_n_steps,
+        )
+    seconds = time.perf_counter() - t0
+    steps = trainer.global_step
+    start_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False).get("global_step", 0)) if ckpt_path else 0
+    if max_minutes and steps < total_steps:  # stopped by the time cap: keep a resumable checkpoint of where it got
+        logger.warning("stopped by --max-minutes after %d of %d steps", steps, total_steps)
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+    metrics = trainer.callback_metrics
+    final_loss = float(metrics.get(f"{loss_name}_epoch", metrics.get(loss_name, float("nan"))))
+    return PretrainingRun(steps, start_step, seconds, final_loss, trainer.global_rank == 0)

@@ -14,14 +14,6 @@ TINY = ["--backbone", "adapt-tiny", "--pretrained", "none", "--no-tracking"]
 QUICK_HP = {"coop": ["--hp", "epochs=3"], "lora": ["--hp", "epochs=3"], "tip-adapter": ["--hp", "finetune=true", "--hp", "epochs=3"]}
 
 
-def _tiny(args):
-    """TINY, minus --no-tracking where this build has no tracking options yet."""
-    from adapt.cli import build_parser
-
-    known = build_parser()._subparsers._group_actions[0].choices["retrain"]._option_string_actions
-    return args if "--no-tracking" in known else [a for a in args if a != "--no-tracking"]
-
-
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     from conftest import write_brightness_folder
@@ -34,7 +26,7 @@ def parts(tmp_path_factory):
 def test_retrain_writes_model_metrics_and_confusion_matrix(method, parts, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["-q", "retrain", "--data", str(parts), "--method", method, "--shots", "4", "--seed", "1", "--output-dir", str(out)]
-    assert main(args + _tiny(TINY) + QUICK_HP.get(method, [])) == 0
+    assert main(args + TINY + QUICK_HP.get(method, [])) == 0
     printed = capsys.readouterr().out
     assert "balanced accuracy" in printed and str(out / "model.onnx") in printed
     metrics = json.loads((out / "metrics.json").read_text())
@@ -55,7 +47,7 @@ def test_retrain_writes_model_metrics_and_confusion_matrix(method, parts, tmp_pa
 @pytest.mark.e2e
 def test_export_rewrites_onnx_with_parity(parts, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["-q", "retrain", "--data", str(parts), "--method", "linear", "--shots", "4", "--output-dir", str(out)] + _tiny(TINY)) == 0
+    assert main(["-q", "retrain", "--data", str(parts), "--method", "linear", "--shots", "4", "--output-dir", str(out)] + TINY) == 0
     capsys.readouterr()
     assert main(["-q", "export", "--model", str(out), "--out", str(tmp_path / "x.onnx"), "--reject-threshold", "0.9"]) == 0
     assert "max |dp|" in capsys.readouterr().out
@@ -88,7 +80,7 @@ def test_bad_input_is_a_one_line_error(setup, args, message, tmp_path, capsys):
     root = write_brightness_folder(tmp_path / "parts", per_class=12)
     setup(root)
     base = ["retrain", "--data", str(root), "--method", "linear", "--output-dir", str(tmp_path / "out")]
-    argv = base + _tiny(TINY) + [a.format(root=root) for a in args]
+    argv = base + TINY + [a.format(root=root) for a in args]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err and message in err[-1] and err[-1].startswith("adapt retrain: error:")
@@ -101,7 +93,7 @@ def test_corrupt_image_is_reported_and_the_run_goes_on(parts, tmp_path):
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "adapt", "retrain", "--data", str(parts), "--method", "linear", "--shots", "4",
-             "--output-dir", str(tmp_path / "run")] + _tiny(TINY),
+             "--output-dir", str(tmp_path / "run")] + TINY,
             cwd=tmp_path, capture_output=True, text=True, timeout=300,
         )
     finally:
@@ -129,7 +121,7 @@ def test_feedback_store_joins_the_training_pool_only(parts, tmp_path, capsys):
     (feedback / "feedback.csv").write_text("path,label\n")
     out = tmp_path / "run"
     assert main(["-q", "retrain", "--data", str(parts), "--method", "linear", "--shots", "12", "--include", str(feedback),
-                 "--output-dir", str(out)] + _tiny(TINY)) == 0
+                 "--output-dir", str(out)] + TINY) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 7  # the held-out split is the data's own
     run = json.loads((out / "run.json").read_text())
@@ -138,7 +130,7 @@ def test_feedback_store_joins_the_training_pool_only(parts, tmp_path, capsys):
     (feedback / "dark" / "dark_000.png").rename(feedback / "weird" / "x.png")
     capsys.readouterr()
     assert main(["-q", "retrain", "--data", str(parts), "--method", "linear", "--shots", "4", "--include", str(feedback),
-                 "--output-dir", str(tmp_path / "run2")] + _tiny(TINY)) == 1
+                 "--output-dir", str(tmp_path / "run2")] + TINY) == 1
     assert "label(s) ['weird']" in capsys.readouterr().err
 
 
@@ -198,7 +190,7 @@ def test_squash_keeps_a_defect_at_the_image_end_that_a_centre_crop_loses(tmp_pat
         out = tmp_path / mode
         extra = [] if mode == "squash" else ["--resize-mode", mode]  # squash is the default
         argv = ["-q", "retrain", "--data", str(root), "--method", "linear", "--shots", "4", "--output-dir", str(out)]
-        assert main(argv + _tiny(TINY) + extra) == 0
+        assert main(argv + TINY + extra) == 0
         assert read_metadata(out / "model.onnx").resize_mode == mode
         accuracy[mode] = json.loads((out / "metrics.json").read_text())["balanced_accuracy"]
     capsys.readouterr()

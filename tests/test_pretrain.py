@@ -14,10 +14,12 @@ import open_clip
 import pytest
 import torch
 
-import adapt.core.backbone  # noqa: F401  (registers adapt-tiny with open_clip)
+from adapt.core.backbone import register_builtin_configs
 from adapt.data.captions import CaptionDataset, manifest_source, resolve_sources
 from adapt.errors import AdaptError, DataError
 from adapt.pipelines.pretrain import PretrainConfig, run_pretrain
+
+register_builtin_configs()  # adapt-tiny, used with plain open_clip below
 
 
 def _cfg(tmp_path, **kw) -> PretrainConfig:
@@ -34,7 +36,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from adapt.training.pretrain import ContrastivePretraining
+    from adapt.training.contrastive import ContrastivePretraining
 
     torch.manual_seed(0)
     model = open_clip.create_model("adapt-tiny", output_dict=True)
@@ -185,7 +187,7 @@ def test_self_supervised_term_trains_alongside_clip(tmp_path):
 
 @pytest.mark.unit
 def test_image_tower_learning_rate_can_be_scaled():
-    from adapt.training.pretrain import ContrastivePretraining
+    from adapt.training.contrastive import ContrastivePretraining
 
     model = open_clip.create_model("adapt-tiny", output_dict=True)
     module = ContrastivePretraining(model, lr=1e-3, vision_lr_scale=0.1)

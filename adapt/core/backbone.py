@@ -14,6 +14,7 @@ stages whose pooled maps the frozen-feature methods use (``adapt.core.encoders``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -36,8 +37,7 @@ from adapt.errors import BackboneError, first_line
 
 logger = logging.getLogger(__name__)
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(MODEL_CONFIG_DIR)  # registers adapt-tiny, adapt-small, adapt-effnet-lite0, ...
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"  # adapt-tiny, adapt-small, adapt-effnet-lite0, ...
 
 CHECKPOINT_NAME = "open_clip_pytorch_model.bin"
 OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
@@ -86,6 +86,19 @@ def state_dict_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.cache
+def register_builtin_configs() -> None:
+    """Make this product's architectures (``MODEL_CONFIG_DIR``) known to open_clip, once per
+    process. Called by everything here that names an architecture; importing changes nothing."""
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def model_config(arch: str) -> dict | None:
+    """open_clip's config of ``arch`` (built-ins registered first), or None when unknown."""
+    register_builtin_configs()
+    return open_clip.get_model_config(arch)
+
+
 def create_backbone(
     arch: str = DEFAULT_ARCH,
     pretrained: str | None = None,
@@ -93,6 +106,7 @@ def create_backbone(
     precision: str = "fp32",
 ) -> Backbone:
     """Create ``arch`` with weights from ``pretrained``; see the module docstring for the forms."""
+    register_builtin_configs()
     pretrained = (pretrained or "none").strip()
     if pretrained.lower() == "default":
         raise BackboneError(
@@ -145,7 +159,7 @@ def imagenet_net(model_cfg: dict | None) -> str | None:
 
 def load_imagenet_tower(model: torch.nn.Module, arch: str) -> str:
     """Put the ImageNet EfficientNet-Lite weights into ``model.visual.trunk``; returns the net name."""
-    net = imagenet_net(open_clip.get_model_config(arch))
+    net = imagenet_net(model_config(arch))
     if net is None:
         raise BackboneError(f"--pretrained imagenet needs an EfficientNet-Lite image tower (adapt-effnet-lite0/2), not {arch}")
     full = imagenet.load_imagenet_trunk(net).state_dict()
@@ -232,6 +246,7 @@ def _register_config(arch: str, model_cfg: dict) -> None:
     if _CONFIG_DIR is None:
         _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="adapt-configs-"))
         atexit.register(shutil.rmtree, _CONFIG_DIR, True)
+    register_builtin_configs()  # first: the checkpoint's config must win over a built-in of the same name
     (_CONFIG_DIR / f"{arch}.json").write_text(json.dumps(model_cfg))
     open_clip.add_model_config(_CONFIG_DIR / f"{arch}.json")  # registered after the built-ins, so it wins
 
@@ -297,7 +312,7 @@ def save_checkpoint(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_cfg = model_cfg or open_clip.get_model_config(arch)
+    model_cfg = model_cfg or model_config(arch)
     if model_cfg is None:
         raise BackboneError(f"no open_clip config known for {arch}")
     pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})

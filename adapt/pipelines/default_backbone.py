@@ -65,11 +65,9 @@ class LitRecipe:
 
 def recipe_for(arch: str) -> LitRecipe | dict:
     """The LiT recipe for EfficientNet-Lite architectures, else the full-pretraining preset (as a dict)."""
-    import open_clip
+    from adapt.core.backbone import imagenet_net, model_config
 
-    from adapt.core.backbone import imagenet_net  # registers the built-in configs
-
-    if imagenet_net(open_clip.get_model_config(arch)) is not None:
+    if imagenet_net(model_config(arch)) is not None:
         return LitRecipe(arch)
     from adapt.pipelines.pretrain import PRESETS
 
@@ -77,13 +75,11 @@ def recipe_for(arch: str) -> LitRecipe | dict:
 
 
 def recipe_hash(arch: str, recipe: LitRecipe | dict | None = None) -> str:
-    import open_clip
-
     from adapt.core import imagenet
-    from adapt.core.backbone import imagenet_net
+    from adapt.core.backbone import imagenet_net, model_config
 
     recipe = recipe if recipe is not None else recipe_for(arch)
-    cfg = open_clip.get_model_config(arch)
+    cfg = model_config(arch)
     net = imagenet_net(cfg)
     content = {
         "recipe": asdict(recipe) if isinstance(recipe, LitRecipe) else recipe,

@@ -75,7 +75,7 @@ def build_lit_backbone(recipe, out_dir: Path, progress: bool = True) -> Path:
     from torch.utils.data import DataLoader, TensorDataset
 
     from adapt.core import imagenet
-    from adapt.core.backbone import load_imagenet_tower, save_checkpoint, weights_loaded_after_creation
+    from adapt.core.backbone import load_imagenet_tower, model_config, save_checkpoint, weights_loaded_after_creation
     from adapt.pipelines.pretrain import synthetic_zero_shot
     from adapt.training.devices import seed_everything
     from adapt.training.lit import LockedImageTextTraining, fit_locked_image
@@ -83,7 +83,7 @@ def build_lit_backbone(recipe, out_dir: Path, progress: bool = True) -> Path:
     t0 = time.perf_counter()
     seed_everything(recipe.seed, workers=False)
     kwargs = {"init_logit_scale": 2.302585, "init_logit_bias": -10.0} if recipe.loss == "siglip" else {}
-    model_cfg = {**open_clip.get_model_config(recipe.arch), **kwargs}
+    model_cfg = {**model_config(recipe.arch), **kwargs}
     with weights_loaded_after_creation():  # the ImageNet tower is loaded next: no "initialized randomly" line
         model = open_clip.create_model(
             recipe.arch, force_preprocess_cfg={"mean": imagenet.MEAN, "std": imagenet.STD}, **kwargs

@@ -2,7 +2,7 @@
 
 ``run_pretrain`` builds the model (random init or continued from ``init`` weights), the
 caption data (synthetic generator, manifests, unlabeled in-domain ELPV train images), runs
-``adapt.training.pretrain.ContrastivePretraining`` through ``adapt.training.pretrain.run_pretraining``
+``adapt.training.contrastive.ContrastivePretraining`` through ``adapt.training.resumable.run_pretraining``
 (any accelerator, devices, nodes, DDP; checkpoints every N steps for ``resume``), writes an open_clip-loadable
 checkpoint + config, and measures zero-shot accuracy on held-out synthetic defects.
 """
@@ -113,9 +113,9 @@ def _model(cfg: PretrainConfig):
     """The model to train and the open_clip config it must be saved with."""
     import open_clip
 
-    import adapt.core.backbone as backbone  # registers the built-in configs
+    import adapt.core.backbone as backbone
 
-    model_cfg = open_clip.get_model_config(cfg.model)
+    model_cfg = backbone.model_config(cfg.model)
     if model_cfg is None:
         raise AdaptError(f"unknown architecture '{cfg.model}'")
     kwargs = {}
@@ -150,7 +150,8 @@ def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | N
     from adapt.core.backbone import save_checkpoint
     from adapt.data.captions import CaptionDataset, resolve_sources
     from adapt.training.devices import seed_everything, share_cpu_with_workers
-    from adapt.training.pretrain import ContrastivePretraining, combined_loader, run_pretraining
+    from adapt.training.contrastive import ContrastivePretraining
+    from adapt.training.resumable import combined_loader, run_pretraining
 
     seed_everything(cfg.seed)
     share_cpu_with_workers(cfg.accelerator, cfg.num_workers)

@@ -111,7 +111,7 @@ def run_ssl_pretrain(cfg: SslPretrainConfig, loggers: list | None = None, callba
     from adapt.data.unlabeled import load_unlabeled, unlabeled_fingerprint
     from adapt.pipelines.default_backbone import load_backbone
     from adapt.training.devices import Devices, seed_everything, share_cpu_with_workers
-    from adapt.training.pretrain import run_pretraining
+    from adapt.training.resumable import run_pretraining
     from adapt.training.ssl import SelfSupervisedAdaptation
 
     seed_everything(cfg.seed)

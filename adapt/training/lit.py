@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from adapt.training.optim import decay_groups, step_schedule, warmup_cosine
-from adapt.training.pretrain import ContrastivePretraining
+from adapt.training.contrastive import ContrastivePretraining
 
 
 class LockedImageTextTraining(ContrastivePretraining):

@@ -3,7 +3,8 @@
 A source answers two questions: ``poll()`` -- a cheap token that changes when a new version
 is there (a file's mtime, the version an alias points to) -- and ``fetch(token)`` -- a local
 ONNX file for that token. The server polls every ``--reload-interval`` seconds and hot-reloads
-when the token moves. MLflow is imported only here, lazily, and only for ``models:/`` URIs.
+when the token moves. The registry is asked through ``adapt.contract.model_uri`` (which imports
+MLflow lazily, only for ``models:/`` URIs).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Protocol
 
 from adapt.contract.model_uri import (
     ONNX_FILE,
+    alias_version,
     download_version,
+    registry_client,
     onnx_files,
     parse_model_uri,
     tracking_uri_or_default,
@@ -92,11 +95,8 @@ class RegistrySource:
     def poll(self) -> str:
         if not self.ref.alias:
             return self.ref.version
-        from mlflow import MlflowClient
-
         try:
-            client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-            return str(client.get_model_version_by_alias(self.ref.name, self.ref.alias).version)
+            return alias_version(self.ref.name, self.ref.alias, self.tracking_uri)
         except Exception as exc:  # MlflowException, connection errors, ...
             raise SourceError(f"{self.uri}: cannot resolve alias ({first_line(exc)})") from exc
 
@@ -113,11 +113,9 @@ def download_onnx(name: str, version: str, tracking_uri: str) -> tuple[Path, Pat
     other ``*.onnx`` file is accepted too.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in server logs
-    from mlflow import MlflowClient
-
     tmp = Path(tempfile.mkdtemp(prefix=f"adapt-serve-{name}-v{version}-"))
     try:
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        client = registry_client(tracking_uri)
         try:  # adapt's own models keep the graph at artifacts/model.onnx: fetch just that
             root = download_version(client, name, version, tmp, tracking_uri, subpath=f"artifacts/{ONNX_FILE}").parent
         except Exception:

@@ -68,7 +68,9 @@ def tiny_cnn_arch(tmp_path_factory) -> str:
 
     import open_clip
 
-    import adapt.core.backbone  # noqa: F401  (registers the built-in configs first)
+    from adapt.core.backbone import register_builtin_configs
+
+    register_builtin_configs()  # first, so this test architecture is registered after them
 
     path = tmp_path_factory.mktemp("configs") / "test-effnet.json"
     path.write_text(json.dumps(TINY_CNN_CONFIG))

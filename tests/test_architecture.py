@@ -1,5 +1,6 @@
 """The layer picture of README.md#architecture, checked on the source: which package may import
-which, no import cycle, no oversized module. Imports inside functions count too."""
+which (ours and the heavy third-party frameworks), no import cycle, no oversized module. Imports
+inside functions count too."""
 
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ ALLOWED = {
     "services": {"adapt", "adapt.errors", "adapt.contract"},  # the serving path: never torch, open_clip or the core
 }
 
+# third-party framework -> the only modules (or layers) that may import it
+THIRD_PARTY = {
+    "lightning": {"adapt.training"},  # "everything Lightning"
+    "pytorch_lightning": {"adapt.training"},
+    "mlflow": {"adapt.tracking", "adapt.contract.model_uri"},  # + the contract's registry download / alias lookup
+}
+
 
 def _modules() -> dict[str, Path]:
     out = {}
@@ -50,10 +58,10 @@ def _resolve(name: str) -> str | None:
     return name or None
 
 
-def _imports(module: str) -> set[str]:
+def _import_targets(module: str):
+    """Every name ``module`` imports (absolute, relative ones resolved), anywhere in the file."""
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
@@ -65,11 +73,20 @@ def _imports(module: str) -> set[str]:
             targets = [base, *(f"{base}.{a.name}" for a in node.names)]
         else:
             continue
-        for target in targets:
-            resolved = _resolve(target)
-            if resolved and resolved != module and not module.startswith(resolved + "."):  # not its own package
-                found.add(resolved)
+        yield from targets
+
+
+def _imports(module: str) -> set[str]:
+    found = set()
+    for target in _import_targets(module):
+        resolved = _resolve(target)
+        if resolved and resolved != module and not module.startswith(resolved + "."):  # not its own package
+            found.add(resolved)
     return found
+
+
+def _third_party(module: str) -> set[str]:
+    return {t.split(".")[0] for t in _import_targets(module)} & set(THIRD_PARTY)
 
 
 GRAPH = {m: _imports(m) for m in MODULES}
@@ -86,6 +103,24 @@ def test_every_import_follows_the_layers():
         if _layer(t) != _layer(m) and _layer(t) not in ALLOWED[_layer(m)]
     )
     assert not wrong, "imports against the layer picture:\n" + "\n".join(wrong)
+
+
+@pytest.mark.unit
+def test_lightning_only_in_training_and_mlflow_only_in_tracking():
+    def allowed(module: str, owners: set[str]) -> bool:
+        return any(module == o or module.startswith(o + ".") for o in owners)
+
+    wrong = sorted(
+        f"{m} -> {lib}" for m in MODULES for lib in _third_party(m) if not allowed(m, THIRD_PARTY[lib])
+    )
+    assert not wrong, "third-party frameworks imported outside their layer:\n" + "\n".join(wrong)
+
+
+@pytest.mark.unit
+def test_the_checker_sees_third_party_imports_inside_functions():
+    assert "lightning" in _third_party("adapt.training.lit")  # imported inside fit_locked_image()
+    assert "mlflow" in _third_party("adapt.contract.model_uri")  # imported inside registry_client()
+    assert not _third_party("services.sources")
 
 
 @pytest.mark.unit

@@ -14,8 +14,17 @@ from adapt.errors import BackboneError
 pytestmark = pytest.mark.unit
 
 
-def test_builtin_architectures_are_registered_with_open_clip():
-    assert {"adapt-tiny", "adapt-small"} <= set(open_clip.list_models())
+def test_builtin_architectures_are_registered_with_open_clip_when_asked_not_on_import():
+    import subprocess
+    import sys
+
+    code = (
+        "import open_clip, adapt.core.backbone as b\n"
+        "assert 'adapt-tiny' not in open_clip.list_models(), 'registered on import'\n"
+        "b.register_builtin_configs(); b.register_builtin_configs()\n"
+        "assert {'adapt-tiny', 'adapt-small', 'adapt-effnet-lite0'} <= set(open_clip.list_models())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_random_backbone_carries_its_preprocessing(tiny_backbone):
@@ -61,8 +70,12 @@ def test_unknown_tag_lists_the_known_ones():
 def test_hub_tag_offline_fails_fast_with_the_fix(monkeypatch):
     import adapt.core.backbone as backbone
 
+    import huggingface_hub.constants as hf_constants
+
     monkeypatch.setattr(backbone, "_hub_reachable", lambda: False)
+    before = hf_constants.HF_HUB_OFFLINE
     start = time.monotonic()
     with pytest.raises(BackboneError, match="--pretrained /path/to/open_clip_pytorch_model.bin"):
         create_backbone("ViT-B-32", "openai")
     assert time.monotonic() - start < 15
+    assert hf_constants.HF_HUB_OFFLINE == before  # offline only for that call, not for the rest of the process

@@ -43,6 +43,15 @@ def test_csv_manifest_with_and_without_split(brightness_folder):
     assert len(load_dataset(brightness_folder / "n.csv").test) == 6
 
 
+def test_a_val_split_in_a_csv_is_an_error_not_silently_training_data(brightness_folder):
+    rows = ["path,label,split"]
+    for i, p in enumerate(sorted(brightness_folder.rglob("*.png"))):
+        rows.append(f"{p.relative_to(brightness_folder).as_posix()},{p.parent.name},{('test', 'train', 'val')[i % 3]}")
+    (brightness_folder / "v.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"v.csv:4: split 'val' is not supported: mark rows train or test"):
+        load_dataset(brightness_folder / "v.csv")
+
+
 def test_csv_errors_name_the_line(brightness_folder):
     (brightness_folder / "bad.csv").write_text("path,label\ndark/dark_000.png,dark\nmissing.png,dark\n")
     with pytest.raises(DataError, match=r"bad.csv:3: image not found: missing.png"):

@@ -1,5 +1,6 @@
 """The default backbones: built once per recipe (LiT for EfficientNet towers, the pretraining
-preset for the ViTs), cached under a key that names the recipe, then reused."""
+preset for the ViTs), only when asked and saying so, cached under a key that names the recipe,
+then reused."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from adapt.pipelines.default_backbone import load_backbone
 
 
 @pytest.mark.integration
-def test_vit_default_backbone_is_built_once_then_reused(tmp_path, monkeypatch, caplog):
+def test_vit_default_backbone_is_built_once_when_asked_then_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAPT_DEFAULT_BACKBONE_DIR", str(tmp_path / "default"))
     small = pretrain.PretrainConfig(data=["synthetic"], model="adapt-tiny", batch_size=8, synthetic_samples=16, num_workers=0,
                                     accelerator="cpu", progress=False, zero_shot_per_class=1)
@@ -24,9 +25,13 @@ def test_vit_default_backbone_is_built_once_then_reused(tmp_path, monkeypatch, c
     real = pretrain.run_pretrain
     monkeypatch.setattr(pretrain, "run_pretrain", lambda cfg, *a, **k: calls.append(cfg) or real(cfg, *a, **k))
 
-    with caplog.at_level(logging.WARNING):
+    with pytest.raises(default_backbone.DefaultBackboneMissing, match="not built yet"):
+        load_backbone("adapt-tiny", "default")  # resolving alone never trains
+    assert not calls
+    told = []
+    with default_backbone.building_announced(told.append):
         first = load_backbone("adapt-tiny", "default")
-    assert "building it now" in caplog.text and len(calls) == 1
+    assert len(told) == 1 and "building it now" in told[0] and len(calls) == 1
     assert (tmp_path / "default" / "open_clip_pytorch_model.bin").is_file()
     second = load_backbone("adapt-tiny", "default")
     assert len(calls) == 1  # reused, not rebuilt
@@ -48,7 +53,7 @@ def test_different_recipes_never_share_a_cache_entry(tiny_cnn_arch, monkeypatch,
 
 
 @pytest.mark.integration
-def test_lit_default_locks_the_imagenet_tower_trains_the_text_tower_and_loads_in_plain_open_clip(tiny_cnn_arch, tmp_path, monkeypatch):
+def test_lit_default_locks_the_imagenet_tower_trains_the_text_tower_and_loads_in_plain_open_clip(tiny_cnn_arch, tmp_path, monkeypatch, caplog):
     import open_clip
     import torch
 
@@ -57,6 +62,9 @@ def test_lit_default_locks_the_imagenet_tower_trains_the_text_tower_and_loads_in
     recipe = default_backbone.LitRecipe(tiny_cnn_arch, synthetic_samples=48, elpv_samples=16, epochs=3, batch_size=16)
     monkeypatch.setattr(default_backbone, "recipe_for", lambda arch: recipe)
     monkeypatch.setenv("ADAPT_DEFAULT_BACKBONE_DIR", str(tmp_path / "lit"))
+    with caplog.at_level(logging.INFO):
+        default_backbone.build_default(tiny_cnn_arch)
+    assert "initialized randomly" not in caplog.text  # the ImageNet tower is loaded right after creation
     built = load_backbone(tiny_cnn_arch, "default")
     assert Path(built.pretrained) == tmp_path / "lit" / "open_clip_pytorch_model.bin"
 

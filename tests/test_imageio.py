@@ -49,6 +49,16 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
         read_image(bad)
 
 
+def test_an_image_too_large_to_decode_safely_is_refused_by_name(tmp_path):
+    huge = Image.new("1", (8001, 8001))  # 64.0 M pixels, a few kB as PNG: a decompression bomb in miniature
+    huge.save(tmp_path / "bomb.png")
+    with pytest.raises(ImageDecodeError, match=r"bomb.png: 8001x8001 pixels is more than"):
+        read_image(tmp_path / "bomb.png")
+    with pytest.raises(ImageDecodeError, match="8001x8001 pixels"):
+        decode_image((tmp_path / "bomb.png").read_bytes())
+    assert Image.MAX_IMAGE_PIXELS != 64_000_000  # Pillow's own, process-wide limit is left as it is
+
+
 def test_shortest_side_resize_then_centre_crop():
     arr = np.zeros((40, 80, 3), dtype=np.uint8)
     arr[:, 20:60] = 255  # the centre 40x40 is white, the sides black

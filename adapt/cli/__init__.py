@@ -47,26 +47,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"adapt.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"adapt.cli.{name}":
-                continue  # command not built in this checkout
-            raise
-        module.register(sub)
+        importlib.import_module(f"adapt.cli.{name}").register(sub)
     return parser
 
 
+class _QuietBelowWarning(logging.Filter):
+    """Drops third-party records below WARNING (Lightning sets its own loggers to INFO when it is
+    imported, after this configuration, so their levels alone can't keep them quiet)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(self.prefixes)
+
+
+NOISY = ("lightning", "mlflow", "alembic", "urllib3", "onnxscript", "onnx_ir", "torch.onnx", "httpx")
+_QUIET = _QuietBelowWarning(NOISY)  # one instance: adding it again (main() called twice) is a no-op
+
+
 def _configure_logging(verbose: int, quiet: bool) -> None:
-    """Our own loggers at INFO (WARNING with -q, DEBUG with -v); third-party libraries only warn, unless -vv."""
+    """Our own loggers at INFO (WARNING with -q, DEBUG with -v); third-party libraries only warn, unless -vv.
+    The one place the process's logging and warning filters are set (the CLI entry)."""
+    import warnings
+
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # else MLflow installs its own INFO handler
     logging.basicConfig(level=level if verbose > 1 else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for ours in ("adapt", "services"):
         logging.getLogger(ours).setLevel(level)
     if verbose < 2:
-        for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic", "urllib3", "onnxscript", "onnx_ir", "torch.onnx", "httpx"):
+        for noisy in NOISY:
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QUIET)
+    # Lightning 2.6 on torch 2.14 warns about its own use of a deprecated torch pytree API.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _configure_logging(args.verbose, args.quiet)
+    from adapt.pipelines.default_backbone import building_announced
+
+    def announce(message: str) -> None:  # a command that needs a default backbone not built yet builds it, saying so
+        print(f"adapt {args.command}: {message}", file=sys.stderr, flush=True)
+
     try:
-        result = args.func(args)
+        with building_announced(announce):
+            result = args.func(args)
     except AdaptError as exc:
         print(f"adapt {args.command}: error: {exc}", file=sys.stderr)
         return 1

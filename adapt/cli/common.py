@@ -13,7 +13,7 @@ def add_backbone_options(parser: argparse.ArgumentParser) -> None:
                    help=f"open_clip architecture (built-in: {', '.join(BUILTIN_ARCHS)}; or any open_clip name such as "
                         "ViT-B-16); default: %(default)s (ImageNet EfficientNet-Lite0 image tower + LiT text tower)")
     g.add_argument("--pretrained", default="default", metavar="WEIGHTS",
-                   help="'default' (this product's pretrained backbone, built once on first use and cached), "
+                   help="'default' (this product's pretrained backbone, built once the first time a command needs it, with a notice, and cached), "
                         "'imagenet' (EfficientNet-Lite towers: ImageNet image weights, untrained text tower), "
                         "'none' (random init), a checkpoint file/folder, or an open_clip tag (needs network); default: %(default)s")
     g.add_argument("--device", default="cpu", help="torch device for adaptation, e.g. cpu, cuda, cuda:1 (default: %(default)s)")

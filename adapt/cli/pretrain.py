@@ -17,7 +17,7 @@ examples:
   adapt pretrain --objective ssl --data elpv --from default   # self-supervised, on unlabeled in-domain images
 
 The product's default backbone (adapt-effnet-lite0: ImageNet EfficientNet-Lite0 + a LiT text tower) is
-built automatically, in minutes, the first time `adapt retrain`/`adapt demo` need it.
+built once, in minutes, the first time a command needs it; the command says so before it starts.
 
 data (comma-separated, mixed in one epoch):
   synthetic   procedural industrial surfaces with defects and captions (--synthetic-samples per epoch)
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         raise AdaptError(str(exc)) from exc
     if cfg.resume and args.output_dir is None:
         raise AdaptError("--resume needs the --output-dir of the run to continue")
-    if cfg.init.strip().lower() == "default":  # continue from the product's backbone (built on first use)
+    if cfg.init.strip().lower() == "default":  # continue from the product's backbone (built first if missing, announced)
         from adapt.pipelines.default_backbone import default_checkpoint
 
         cfg.init = str(default_checkpoint(cfg.model))

@@ -20,8 +20,9 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-# Refuse decompression bombs loudly instead of letting Pillow warn and go on.
-Image.MAX_IMAGE_PIXELS = 64_000_000
+# Refuse decompression bombs loudly (an error naming the image) instead of letting Pillow warn and go
+# on; checked on the header before any pixel is decoded, without changing Pillow's process-wide limit.
+MAX_IMAGE_PIXELS = 64_000_000
 
 
 class ResizeMode(str, Enum):
@@ -45,6 +46,7 @@ def read_image(path: str | Path) -> Image.Image:
     path = Path(path)
     try:
         with Image.open(path) as img:
+            _check_size(img, str(path))
             img.load()
             return _rgb(_normalise(img))
     except FileNotFoundError as exc:
@@ -59,10 +61,17 @@ def _decode(data: bytes | bytearray | memoryview) -> Image.Image:
         raise ImageDecodeError("empty image")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            _check_size(img, "image")
             img.load()
             return _normalise(img)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+
+
+def _check_size(img: Image.Image, where: str) -> None:
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageDecodeError(f"{where}: {width}x{height} pixels is more than the {MAX_IMAGE_PIXELS:,} this product reads")
 
 
 def _normalise(img: Image.Image) -> Image.Image:

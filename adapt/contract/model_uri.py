@@ -2,7 +2,8 @@
 
 ``models:/NAME@ALIAS`` follows an alias (``champion``), ``models:/NAME/VERSION`` pins a version.
 Both the CLI (``adapt.tracking.registry``) and the service (``services.sources``) parse and
-download them here. MLflow is imported only when something is downloaded.
+download them here; the service follows aliases here too (``alias_version``), so ``services/``
+never imports MLflow itself. MLflow is imported only when the registry is asked something.
 """
 
 from __future__ import annotations
@@ -52,6 +53,18 @@ def parse_model_uri(uri: str) -> RegistryRef:
 def tracking_uri_or_default(uri: str | None) -> str:
     """``uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded store ``sqlite:///mlflow.db``."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def registry_client(tracking_uri: str):
+    """An ``MlflowClient`` whose tracking and registry URIs are both ``tracking_uri``."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def alias_version(name: str, alias: str, tracking_uri: str) -> str:
+    """The version registered model ``name``'s ``alias`` points to now (MLflow's errors pass through)."""
+    return str(registry_client(tracking_uri).get_model_version_by_alias(name, alias).version)
 
 
 def download_version(client, name: str, version: str, dst: Path, tracking_uri: str, subpath: str = "") -> Path:

@@ -14,11 +14,14 @@ stages whose pooled maps the frozen-feature methods use (``adapt.core.encoders``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -34,8 +37,7 @@ from adapt.errors import BackboneError, first_line
 
 logger = logging.getLogger(__name__)
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(MODEL_CONFIG_DIR)  # registers adapt-tiny, adapt-small, adapt-effnet-lite0, ...
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"  # adapt-tiny, adapt-small, adapt-effnet-lite0, ...
 
 CHECKPOINT_NAME = "open_clip_pytorch_model.bin"
 OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
@@ -84,6 +86,19 @@ def state_dict_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.cache
+def register_builtin_configs() -> None:
+    """Make this product's architectures (``MODEL_CONFIG_DIR``) known to open_clip, once per
+    process. Called by everything here that names an architecture; importing changes nothing."""
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def model_config(arch: str) -> dict | None:
+    """open_clip's config of ``arch`` (built-ins registered first), or None when unknown."""
+    register_builtin_configs()
+    return open_clip.get_model_config(arch)
+
+
 def create_backbone(
     arch: str = DEFAULT_ARCH,
     pretrained: str | None = None,
@@ -91,6 +106,7 @@ def create_backbone(
     precision: str = "fp32",
 ) -> Backbone:
     """Create ``arch`` with weights from ``pretrained``; see the module docstring for the forms."""
+    register_builtin_configs()
     pretrained = (pretrained or "none").strip()
     if pretrained.lower() == "default":
         raise BackboneError(
@@ -102,7 +118,8 @@ def create_backbone(
         model = _create(arch, None, device, precision)
         weights_id = f"random-init:{state_dict_hash(model)}"
     elif pretrained.lower() == "imagenet":
-        model = _create(arch, None, device, precision)
+        with weights_loaded_after_creation():
+            model = _create(arch, None, device, precision)
         net = load_imagenet_tower(model, arch)
         weights_id = f"imagenet-{net}:{imagenet.weights_digest(net)}+text:{state_dict_hash(model.transformer)}"
     elif path.is_dir():
@@ -142,13 +159,32 @@ def imagenet_net(model_cfg: dict | None) -> str | None:
 
 def load_imagenet_tower(model: torch.nn.Module, arch: str) -> str:
     """Put the ImageNet EfficientNet-Lite weights into ``model.visual.trunk``; returns the net name."""
-    net = imagenet_net(open_clip.get_model_config(arch))
+    net = imagenet_net(model_config(arch))
     if net is None:
         raise BackboneError(f"--pretrained imagenet needs an EfficientNet-Lite image tower (adapt-effnet-lite0/2), not {arch}")
     full = imagenet.load_imagenet_trunk(net).state_dict()
     trunk = model.visual.trunk
     trunk.load_state_dict({k: v for k, v in full.items() if k in trunk.state_dict()}, strict=True)
     return net
+
+
+class _RandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def weights_loaded_after_creation() -> Iterator[None]:
+    """open_clip warns (on the root logger) that a model it creates without a checkpoint is
+    initialised randomly; inside this block that one line is dropped, for callers that load the
+    weights themselves right after (the ImageNet towers). Other messages pass."""
+    notice = _RandomInitNotice()
+    root = logging.getLogger()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -210,6 +246,7 @@ def _register_config(arch: str, model_cfg: dict) -> None:
     if _CONFIG_DIR is None:
         _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="adapt-configs-"))
         atexit.register(shutil.rmtree, _CONFIG_DIR, True)
+    register_builtin_configs()  # first: the checkpoint's config must win over a built-in of the same name
     (_CONFIG_DIR / f"{arch}.json").write_text(json.dumps(model_cfg))
     open_clip.add_model_config(_CONFIG_DIR / f"{arch}.json")  # registered after the built-ins, so it wins
 
@@ -224,6 +261,20 @@ def _hub_reachable() -> bool:
         return False
 
 
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline switch (``constants.HF_HUB_OFFLINE``, read at each download) on for
+    this block only, and put back as it was after it."""
+    import huggingface_hub.constants as hf_constants
+
+    before = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = before
+
+
 def _create_from_tag(arch: str, tag: str, device, precision) -> torch.nn.Module:
     tags = [t for a, t in open_clip.list_pretrained() if a == arch]
     if tag not in tags:
@@ -232,13 +283,10 @@ def _create_from_tag(arch: str, tag: str, device, precision) -> torch.nn.Module:
             f"'{tag}' is neither a file nor a known open_clip tag for {arch} (tags: {known}); "
             f"use --pretrained none, default, a tag, or a checkpoint path"
         )
-    import huggingface_hub.constants as hf_constants
-
     offline = not _hub_reachable()
-    if offline:  # use the local cache only; without this the hub client retries for ~a minute
-        hf_constants.HF_HUB_OFFLINE = True
     try:
-        return open_clip.create_model(arch, pretrained=tag, device=device, precision=precision)
+        with _hub_offline(offline):  # the local cache only; without it the hub client retries for ~a minute
+            return open_clip.create_model(arch, pretrained=tag, device=device, precision=precision)
     except Exception as exc:  # download and cache failures come in many types
         hint = (
             "the model hub is unreachable and the weights are not cached"
@@ -264,7 +312,7 @@ def save_checkpoint(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_cfg = model_cfg or open_clip.get_model_config(arch)
+    model_cfg = model_cfg or model_config(arch)
     if model_cfg is None:
         raise BackboneError(f"no open_clip config known for {arch}")
     pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})

@@ -97,11 +97,14 @@ def patch_levels(visual: nn.Module) -> int:
     return len(visual.transformer.resblocks) if is_vit(visual) else 0
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)  # timm's BatchNormAct2d is a BatchNorm2d
+
+
 def freeze_norm_stats(module: nn.Module) -> nn.Module:
     """Put every batch-norm layer of ``module`` in eval mode (call after ``module.train()``): a
     locked or few-shot-tuned CNN must keep its ImageNet statistics."""
     for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, BATCH_NORMS):
             m.eval()
     return module
 

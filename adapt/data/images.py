@@ -2,8 +2,8 @@
 
 An ``ImageSet`` is a list of images (loaded lazily, from files or a generator) with integer
 labels over named classes. Keys are portable (paths relative to ``root``, or generator
-coordinates), so a dataset's fingerprint is the same on every machine; ``identity`` adds the
-root for caches that must not mix two folders.
+coordinates) and ``fingerprint`` hashes each image's content (``digest``), so a dataset's
+fingerprint is the same on every machine that holds the same images.
 """
 
 from __future__ import annotations

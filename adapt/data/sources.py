@@ -154,7 +154,11 @@ def _load_csv(manifest: Path, test_fraction: float) -> DatasetSplits:
     labels = np.array([classes.index(label) for _, label, _ in rows])
     everything = ImageSet(keys, labels, classes, root=str(root))
     splits = np.array([s for _, _, s in rows])
-    unknown = set(splits) - {"", "train", "test", "val"}
+    if "val" in set(splits):  # would silently train on them: validation images come out of the train rows
+        line = 2 + int(np.flatnonzero(splits == "val")[0])
+        raise DataError(f"{manifest}:{line}: split 'val' is not supported: mark rows train or test "
+                        "(the validation images are drawn from the train rows, per class)")
+    unknown = set(splits) - {"", "train", "test"}
     if unknown:
         raise DataError(f"{manifest}: unknown split value(s) {sorted(unknown)} (use train or test)")
     if (splits == "test").any():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import TextTransformer, text_global_pool
+from open_clip.transformer import TextTransformer
 from torch import nn
 
 from adapt.core.classifier import CosineHead, ImageClassifier
@@ -19,6 +19,22 @@ from adapt.methods.base import AdaptContext, FitResult, Method, TrainConfig
 from adapt.methods.configs import CoOpConfig
 from adapt.methods.frozen import frozen_features, logit_scale
 from adapt.methods.prompts import class_text
+
+
+def pool_text(x: torch.Tensor, tokens: torch.Tensor, pool_type: str, eos_id: int | None) -> torch.Tensor:
+    """One vector per prompt from the text tower's token outputs ``[N, T, D]``, as the tower's
+    ``pool_type`` says (open_clip's rules): the first or last token, the end-of-text token (the
+    largest id, ``argmax``, or the tokenizer's ``eos`` id), or no pooling."""
+    rows = torch.arange(x.shape[0], device=x.device)
+    if pool_type == "first":
+        return x[:, 0]
+    if pool_type == "last":
+        return x[:, -1]
+    if pool_type == "argmax":
+        return x[rows, tokens.argmax(dim=-1)]
+    if pool_type == "eos":
+        return x[rows, (tokens == eos_id).int().argmax(dim=-1)]
+    return x
 
 
 class TextTower(nn.Module):
@@ -45,7 +61,7 @@ class TextTower(nn.Module):
         x = embeds + self.positional_embedding[: embeds.shape[1]]
         mask = self.attn_mask[: embeds.shape[1], : embeds.shape[1]] if self.attn_mask is not None else None
         x = self.ln_final(self.transformer(x, attn_mask=mask))
-        x = text_global_pool(x, tokens, self.pool_type, eos_token_id=self.eos_id)
+        x = pool_text(x, tokens, self.pool_type, self.eos_id)
         if self.text_projection is not None:
             x = self.text_projection(x) if isinstance(self.text_projection, nn.Linear) else x @ self.text_projection
         return F.normalize(x, dim=-1)

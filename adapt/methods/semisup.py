@@ -1,22 +1,19 @@
 """Semi-supervised few-shot fitting on frozen features: unlabeled images of the same line help.
 
-Plain numpy + scikit-learn on L2-normalised feature vectors (no torch), so the study in
-``experiments/unlabeled/`` and the ``linear`` method share one implementation:
+Plain numpy + scikit-learn on L2-normalised feature vectors (no torch), shared by the ``linear``
+method and the study in ``experiments/unlabeled/``:
 
-- ``Centering``: the mean of the unlabeled features is subtracted and the result L2-normalised
-  again. A generic ImageNet trunk puts all solar cells in a narrow cone; centering on the line's
-  own images spreads them out so a few labels go further.
-- ``self_train``: fit, pseudo-label the unlabeled images whose confidence reaches ``threshold``,
-  refit on labels + pseudo-labels (class-balanced weights, so the majority class of the line
-  does not swamp the few labels).
+- ``ClusterCentering``: k-means on the unlabeled features, each image centred on its nearest
+  cluster's mean and L2-normalised again. A generic ImageNet trunk puts all solar cells in a
+  narrow cone; centering on the line's own images spreads them out so a few labels go further.
 - ``label_spread``: scikit-learn ``LabelSpreading`` on a k-NN graph over labelled + unlabeled
   features, then a logistic regression on the spread labels (so the result is still one linear
   head).
 
 ``fit_semisupervised`` is what ``adapt retrain --method linear --unlabeled`` ships (centering
-variants x label spreading x C, chosen on the few-shot validation split); ``Whitening`` and
-``self_train`` are the candidates that lost on the dev split (experiments/unlabeled/results.md),
-kept for that study.
+variants x label spreading x C, chosen on the few-shot validation split). The candidates that
+lost on the dev split (plain centering, whitening, self-training; experiments/unlabeled/results.md)
+live with that study, in ``experiments/unlabeled/candidates.py``.
 """
 
 from __future__ import annotations
@@ -31,41 +28,6 @@ from sklearn.linear_model import LogisticRegression
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-@dataclass(frozen=True)
-class Centering:
-    """``x -> normalize(x - mean)`` with ``mean`` estimated on unlabeled features."""
-
-    mean: np.ndarray
-
-    @classmethod
-    def fit(cls, unlabeled: np.ndarray) -> "Centering":
-        return cls(np.asarray(unlabeled, dtype=np.float64).mean(axis=0))
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return l2_normalize(np.asarray(x, dtype=np.float64) - self.mean)
-
-
-@dataclass(frozen=True)
-class Whitening:
-    """``x -> normalize(((x - mean) @ V) / sqrt(eigenvalues + eps))`` with the top ``dim`` principal
-    directions of the unlabeled features."""
-
-    mean: np.ndarray
-    projection: np.ndarray  # [D, dim], scaled by 1 / sqrt(eigenvalue + eps)
-
-    @classmethod
-    def fit(cls, unlabeled: np.ndarray, dim: int, eps: float = 1e-4) -> "Whitening":
-        u = np.asarray(unlabeled, dtype=np.float64)
-        mean = u.mean(axis=0)
-        cov = np.cov(u - mean, rowvar=False)
-        vals, vecs = np.linalg.eigh(cov)
-        order = np.argsort(vals)[::-1][: min(dim, u.shape[1])]
-        return cls(mean, vecs[:, order] / np.sqrt(vals[order] + eps * vals.max()))
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return l2_normalize((np.asarray(x, dtype=np.float64) - self.mean) @ self.projection)
 
 
 @dataclass(frozen=True)
@@ -93,37 +55,6 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, *, seed: int = 0, max_i
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(x, y, sample_weight=sample_weight)
-
-
-def pseudo_labels(model: LogisticRegression, unlabeled: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(indices into ``unlabeled``, predicted labels) of the predictions with confidence >= ``threshold``."""
-    probs = model.predict_proba(unlabeled)
-    keep = np.flatnonzero(probs.max(axis=1) >= threshold)
-    return keep, model.classes_[probs[keep].argmax(axis=1)]
-
-
-def self_train(x: np.ndarray, y: np.ndarray, unlabeled: np.ndarray, c: float, threshold: float, *,
-               pseudo_weight: float = 1.0, rounds: int = 1, seed: int = 0, max_iter: int = 2000,
-               base: LogisticRegression | None = None) -> tuple[LogisticRegression, int]:
-    """Self-training with confidence-thresholded pseudo-labels; returns the model and how many
-    unlabeled images it used in the last round. Each class's pseudo-labels together weigh
-    ``pseudo_weight`` times that class's labelled images, so classes stay balanced."""
-    model = base if base is not None else fit_logistic(x, y, c, seed=seed, max_iter=max_iter)
-    used = 0
-    for _ in range(rounds):
-        keep, guessed = pseudo_labels(model, unlabeled, threshold)
-        used = len(keep)
-        if used == 0:
-            break
-        weights = [np.ones(len(y))]
-        for cls in np.unique(guessed):
-            n_cls = int(np.sum(guessed == cls))
-            weights.append(np.full(n_cls, pseudo_weight * max(1, int(np.sum(y == cls))) / n_cls))
-        order = np.concatenate([np.flatnonzero(guessed == cls) for cls in np.unique(guessed)])
-        xs = np.concatenate([x, unlabeled[keep][order]])
-        ys = np.concatenate([y, guessed[order]])
-        model = fit_logistic(xs, ys, c, seed=seed, max_iter=max_iter, sample_weight=np.concatenate(weights))
-    return model, used
 
 
 def label_spread(x: np.ndarray, y: np.ndarray, unlabeled: np.ndarray, *, neighbors: int = 10, alpha: float = 0.5,

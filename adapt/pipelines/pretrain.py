@@ -2,8 +2,8 @@
 
 ``run_pretrain`` builds the model (random init or continued from ``init`` weights), the
 caption data (synthetic generator, manifests, unlabeled in-domain ELPV train images), runs
-``adapt.training.pretrain.ContrastivePretraining`` with Lightning (any accelerator, devices,
-nodes, DDP), checkpoints every N steps for ``resume``, writes an open_clip-loadable
+``adapt.training.contrastive.ContrastivePretraining`` through ``adapt.training.resumable.run_pretraining``
+(any accelerator, devices, nodes, DDP; checkpoints every N steps for ``resume``), writes an open_clip-loadable
 checkpoint + config, and measures zero-shot accuracy on held-out synthetic defects.
 """
 
@@ -113,9 +113,9 @@ def _model(cfg: PretrainConfig):
     """The model to train and the open_clip config it must be saved with."""
     import open_clip
 
-    import adapt.core.backbone as backbone  # registers the built-in configs
+    import adapt.core.backbone as backbone
 
-    model_cfg = open_clip.get_model_config(cfg.model)
+    model_cfg = backbone.model_config(cfg.model)
     if model_cfg is None:
         raise AdaptError(f"unknown architecture '{cfg.model}'")
     kwargs = {}
@@ -144,20 +144,16 @@ def run_pretrain(cfg: PretrainConfig, loggers: list | None = None, callbacks: li
 
 
 def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | None) -> PretrainResult:
-    import lightning as L
     import open_clip
     from torch.utils.data import DataLoader
 
     from adapt.core.backbone import save_checkpoint
     from adapt.data.captions import CaptionDataset, resolve_sources
-    from adapt.training.devices import share_cpu_with_workers
-    from adapt.training.pretrain import (
-        ContrastivePretraining,
-        fit_pretraining,
-        resume_checkpoint,
-    )
+    from adapt.training.devices import seed_everything, share_cpu_with_workers
+    from adapt.training.contrastive import ContrastivePretraining
+    from adapt.training.resumable import combined_loader, run_pretraining
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    seed_everything(cfg.seed)
     share_cpu_with_workers(cfg.accelerator, cfg.num_workers)
     devices = cfg.devices_spec()
     model, model_cfg = _model(cfg)
@@ -174,14 +170,12 @@ def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | N
         raise AdaptError(f"{len(dataset)} pretraining pairs is fewer than one batch of {cfg.batch_size}")
     ssl_weight = cfg.ssl_weight if cfg.ssl_data else 0.0
     if ssl_weight > 0:
-        from lightning.pytorch.utilities import CombinedLoader
-
         from adapt.data.captions import TwoViews
 
         ssl_sources = resolve_sources(cfg.ssl_data, synthetic_samples=cfg.synthetic_samples, seed=cfg.seed + 7, image_size=image_size)
         views = DataLoader(TwoViews(ssl_sources, image_size), batch_size=cfg.ssl_batch_size, shuffle=True, drop_last=True,
                            num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
-        train_data = CombinedLoader({"clip": loader, "ssl": views}, mode="max_size_cycle")
+        train_data = combined_loader({"clip": loader, "ssl": views})
     else:
         train_data = loader
     world = devices.world_size()
@@ -193,42 +187,28 @@ def _run_pretrain(cfg: PretrainConfig, loggers: list | None, callbacks: list | N
         vision_lr_scale=cfg.vision_lr_scale,
     )
     out = cfg.output_dir
-    ckpt_dir = out / CKPT_DIR
-    ckpt_path = resume_checkpoint(ckpt_dir, cfg.resume)
-    if ckpt_path:
-        logger.info("resuming from %s", ckpt_path)
     logger.info(
         "pretraining %s (%s loss%s) on %s: %d pairs, %d steps of %d x %d device(s)",
         cfg.model, cfg.loss, f" + {ssl_weight:g} x self-supervised on {', '.join(cfg.ssl_data)}" if ssl_weight else "",
         " + ".join(s.name for s in sources), len(dataset), total, cfg.batch_size, world,
     )
-    start_step = 0
-    t0 = time.perf_counter()
-    trainer = fit_pretraining(
-        module, train_data, devices, ckpt_dir=ckpt_dir, resume_from=ckpt_path, epochs=cfg.epochs, max_steps=cfg.max_steps,
-        max_minutes=cfg.max_minutes, checkpoint_every=cfg.checkpoint_every, loggers=loggers, callbacks=callbacks,
-        progress=cfg.progress,
+    run = run_pretraining(
+        module, train_data, devices, ckpt_dir=out / CKPT_DIR, resume=cfg.resume, total_steps=total, epochs=cfg.epochs,
+        max_steps=cfg.max_steps, max_minutes=cfg.max_minutes, checkpoint_every=cfg.checkpoint_every, loggers=loggers,
+        callbacks=callbacks, progress=cfg.progress, loss_name="train_loss",
     )
-    seconds = time.perf_counter() - t0
-    steps = trainer.global_step
-    if ckpt_path:
-        start_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False).get("global_step", 0))
-    if cfg.max_minutes and steps < total:  # stopped by the time cap: keep a resumable checkpoint of where it got
-        logger.warning("stopped by --max-minutes after %d of %d steps", steps, total)
-        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
-    rate = (steps - start_step) * cfg.batch_size * world / max(seconds, 1e-9)
-    final_loss = float(trainer.callback_metrics.get("train_loss_epoch", trainer.callback_metrics.get("train_loss", float("nan"))))
-    if trainer.global_rank != 0:
-        return PretrainResult(Path(), out, steps, rate, seconds, final_loss, {})
+    rate = (run.steps - run.start_step) * cfg.batch_size * world / max(run.seconds, 1e-9)
+    if not run.is_main:
+        return PretrainResult(Path(), out, run.steps, rate, run.seconds, run.final_loss, {})
     model = module.model.float().eval()
     weights = save_checkpoint(
         model, cfg.model, out, model_cfg=model_cfg,
-        extra={"pretrain": {**asdict(cfg), "output_dir": str(out), "steps": steps}},
+        extra={"pretrain": {**asdict(cfg), "output_dir": str(out), "steps": run.steps}},
     )
     zero_shot = synthetic_zero_shot(model, tokenizer, image_size, pp, cfg.zero_shot_per_class)
-    summary = {"steps": steps, "samples_per_s": rate, "train_seconds": seconds, "final_loss": final_loss, "zero_shot": zero_shot}
+    summary = {"steps": run.steps, "samples_per_s": rate, "train_seconds": run.seconds, "final_loss": run.final_loss, "zero_shot": zero_shot}
     (out / "pretrain_metrics.json").write_text(json.dumps(summary, indent=2))
-    return PretrainResult(weights, out, steps, rate, seconds, final_loss, zero_shot)
+    return PretrainResult(weights, out, run.steps, rate, run.seconds, run.final_loss, zero_shot)
 
 
 @torch.no_grad()

@@ -105,17 +105,16 @@ class SslPretrainResult:
 
 
 def run_ssl_pretrain(cfg: SslPretrainConfig, loggers: list | None = None, callbacks: list | None = None) -> SslPretrainResult:
-    import lightning as L
     from torch.utils.data import DataLoader
 
     from adapt.core.backbone import save_checkpoint
     from adapt.data.unlabeled import load_unlabeled, unlabeled_fingerprint
     from adapt.pipelines.default_backbone import load_backbone
-    from adapt.training.devices import Devices, share_cpu_with_workers
-    from adapt.training.pretrain import fit_pretraining, resume_checkpoint
+    from adapt.training.devices import Devices, seed_everything, share_cpu_with_workers
+    from adapt.training.resumable import run_pretraining
     from adapt.training.ssl import SelfSupervisedAdaptation
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    seed_everything(cfg.seed)
     share_cpu_with_workers(cfg.accelerator, cfg.num_workers)
     devices = Devices(cfg.accelerator, cfg.devices, cfg.num_nodes, cfg.strategy, cfg.precision)
     backbone = load_backbone(cfg.model, cfg.init)  # --from default: the product's backbone
@@ -137,32 +136,20 @@ def run_ssl_pretrain(cfg: SslPretrainConfig, loggers: list | None = None, callba
         trainable_from=cfg.trainable_from, distributed=world > 1,
     )
     out = cfg.output_dir
-    ckpt_dir = out / CKPT_DIR
-    ckpt_path = resume_checkpoint(ckpt_dir, resume=cfg.resume)
     logger.info("self-supervised (%s) adaptation of %s on %d unlabeled image(s) from %s: %d steps of %d x %d",
                 cfg.loss, backbone.describe(), len(images), cfg.data, total, cfg.batch_size, world)
-    t0 = time.perf_counter()
-    import warnings
-
-    with warnings.catch_warnings():  # the frozen batch-norm layers are in eval mode on purpose
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-        trainer = fit_pretraining(
-            module, loader, devices, ckpt_dir=ckpt_dir, resume_from=ckpt_path, epochs=cfg.epochs, max_steps=cfg.max_steps,
-            max_minutes=cfg.max_minutes, checkpoint_every=cfg.checkpoint_every, loggers=loggers, callbacks=callbacks,
-            progress=cfg.progress, log_every_n_steps=5,
-        )
-    seconds = time.perf_counter() - t0
-    if cfg.max_minutes and trainer.global_step < total:
-        logger.warning("stopped by --max-minutes after %d of %d steps", trainer.global_step, total)
-        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
-    final_loss = float(trainer.callback_metrics.get("ssl_loss_epoch", trainer.callback_metrics.get("ssl_loss", float("nan"))))
-    if trainer.global_rank != 0:
-        return SslPretrainResult(Path(), out, trainer.global_step, len(images), fingerprint, seconds, final_loss)
+    run = run_pretraining(
+        module, loader, devices, ckpt_dir=out / CKPT_DIR, resume=cfg.resume, total_steps=total, epochs=cfg.epochs,
+        max_steps=cfg.max_steps, max_minutes=cfg.max_minutes, checkpoint_every=cfg.checkpoint_every, loggers=loggers,
+        callbacks=callbacks, progress=cfg.progress, loss_name="ssl_loss", log_every_n_steps=5,
+    )
+    if not run.is_main:
+        return SslPretrainResult(Path(), out, run.steps, len(images), fingerprint, run.seconds, run.final_loss)
     model = backbone.model.float().eval()  # the tower was trained in place; the text tower is untouched
-    record = {"objective": "ssl", **asdict(cfg), "output_dir": str(out), "steps": trainer.global_step,
+    record = {"objective": "ssl", **asdict(cfg), "output_dir": str(out), "steps": run.steps,
               "from_weights": backbone.weights_id, "unlabeled_images": len(images), "unlabeled_fingerprint": fingerprint}
     weights = save_checkpoint(model, backbone.arch, out, model_cfg=backbone.model_cfg, extra={"pretrain": record})
-    summary = {"steps": trainer.global_step, "train_seconds": seconds, "final_loss": final_loss,
+    summary = {"steps": run.steps, "train_seconds": run.seconds, "final_loss": run.final_loss,
                "unlabeled_images": len(images), "unlabeled_fingerprint": fingerprint}
     (out / "pretrain_metrics.json").write_text(json.dumps(summary, indent=2))
-    return SslPretrainResult(weights, out, trainer.global_step, len(images), fingerprint, seconds, final_loss)
+    return SslPretrainResult(weights, out, run.steps, len(images), fingerprint, run.seconds, run.final_loss)

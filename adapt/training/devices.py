@@ -70,3 +70,10 @@ def share_cpu_with_workers(accelerator: str, num_workers: int) -> None:
         if torch.get_num_threads() > threads:
             torch.set_num_threads(threads)
             logger.info("using %d compute thread(s) beside %d data worker(s)", threads, num_workers)
+
+
+def seed_everything(seed: int, workers: bool = True) -> None:
+    """Seed Python, NumPy and torch (and, with ``workers``, the data-loader workers) for a reproducible run."""
+    import lightning as L
+
+    L.seed_everything(seed, workers=workers, verbose=False)

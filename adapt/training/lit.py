@@ -1,7 +1,7 @@
 """LiT (Zhai et al. 2022): train a text tower against a locked image tower, on cached image features.
 
 With the image trunk locked its output for an image never changes, so it is computed once
-(``adapt.pipelines.default_backbone``) and the loop only runs the text tower, the image tower's output
+(``adapt.pipelines.lit_build``) and the loop (``fit_locked_image``) only runs the text tower, the image tower's output
 projection (``visual.head``) and the temperature. The loss is open_clip's ``ClipLoss`` or
 ``SigLipLoss``, as in full pretraining.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from adapt.training.pretrain import ContrastivePretraining
+from adapt.training.optim import decay_groups, step_schedule, warmup_cosine
+from adapt.training.contrastive import ContrastivePretraining
 
 
 class LockedImageTextTraining(ContrastivePretraining):
@@ -39,21 +40,16 @@ class LockedImageTextTraining(ContrastivePretraining):
         return loss
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 or "ln" in name or "bias" in name or "logit_" in name else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr, betas=(0.9, 0.98), eps=1e-6,
-        )
-        warmup = min(self.warmup_steps, self.total_steps - 1)
-        sched = torch.optim.lr_scheduler.SequentialLR(
-            opt,
-            [
-                torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / max(1, warmup), total_iters=max(1, warmup)),
-                torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.total_steps - warmup)),
-            ],
-            milestones=[max(1, warmup)],
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = torch.optim.AdamW(decay_groups(self.model.named_parameters(), self.weight_decay), lr=self.lr, betas=(0.9, 0.98), eps=1e-6)
+        return {"optimizer": opt, "lr_scheduler": step_schedule(warmup_cosine(opt, self.warmup_steps, self.total_steps))}
+
+
+def fit_locked_image(module: LockedImageTextTraining, loader, *, epochs: int, steps: int, progress: bool = True) -> None:
+    """Train ``module`` in place on one CPU for ``steps`` steps (at most ``epochs`` epochs); no logger, no checkpoints."""
+    import lightning as L
+
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=epochs, max_steps=steps, logger=False,
+        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, gradient_clip_val=1.0,
+    )
+    trainer.fit(module, loader)

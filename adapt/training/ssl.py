@@ -10,13 +10,12 @@ is not part of the saved backbone.
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from torch import nn
 
 from adapt.core.encoders import EncoderSpec, ImageEncoder, freeze_norm_stats
+from adapt.training.optim import decay_groups, step_schedule, warmup_cosine
 
 LOSSES = ("simclr", "vicreg")
 
@@ -90,12 +89,7 @@ class SelfSupervisedAdaptation(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(
-            [{"params": self.tower_params, "lr": self.lr}, {"params": self.head.parameters(), "lr": self.lr * 10}],
-            weight_decay=self.weight_decay,
-        )
-        warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / self.warmup_steps, total_iters=self.warmup_steps)
-        decay_steps = max(1, self.total_steps - self.warmup_steps)
-        cosine = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / decay_steps))))
-        sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, cosine], milestones=[self.warmup_steps])
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        groups = decay_groups(self.encoder.named_parameters(), self.weight_decay, lr=self.lr)
+        groups += decay_groups(self.head.named_parameters(), self.weight_decay, lr=self.lr * 10)
+        opt = torch.optim.AdamW(groups)
+        return {"optimizer": opt, "lr_scheduler": step_schedule(warmup_cosine(opt, self.warmup_steps, self.total_steps))}

@@ -9,7 +9,6 @@ improvement. The test split never enters here.
 from __future__ import annotations
 
 import logging
-import math
 from functools import partial
 
 import lightning as L
@@ -22,6 +21,7 @@ from adapt.methods.base import TrainConfig, TrainResult
 from adapt.training.devices import (
     lightning_device,  # the loop's settings belong to the method contract (no Lightning there)
 )
+from adapt.training.optim import decay_groups, step_schedule, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +56,10 @@ class ClassifierModule(L.LightningModule):
         self.log("val_balanced_accuracy", balanced)
 
     def configure_optimizers(self):
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        opt = torch.optim.AdamW(decay_groups(self.net.named_parameters(), self.cfg.weight_decay), lr=self.cfg.lr)
         total = max(1, self.cfg.epochs * self.steps_per_epoch)
-        warmup = min(total - 1, self.cfg.warmup_epochs * self.steps_per_epoch)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        schedule = warmup_cosine(opt, min(total - 1, self.cfg.warmup_epochs * self.steps_per_epoch), total)
+        return {"optimizer": opt, "lr_scheduler": step_schedule(schedule)}
 
 
 def _score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

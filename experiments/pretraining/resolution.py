@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
-import adapt.core.backbone  # noqa: F401  (registers the built-in configs)
+from adapt.core.backbone import register_builtin_configs
 from adapt.core.classifier import PixelNormalizer
 from adapt.data import few_shot_split, load_dataset
 from adapt.data.images import stratified_split
 from adapt.core.features import load_pixels
+
+register_builtin_configs()  # adapt-small, used with plain open_clip below
 
 C_GRID = np.logspace(-2, 4, 13)
 

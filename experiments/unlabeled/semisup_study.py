@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from candidates import Centering, Whitening, self_train
 
 from adapt.data.images import stratified_split
 from adapt.methods.frozen import selection_score
-from adapt.methods.semisup import Centering, ClusterCentering, Whitening, fit_logistic, fit_semisupervised, label_spread, self_train
+from adapt.methods.semisup import ClusterCentering, fit_logistic, fit_semisupervised, label_spread
 
 C_GRID = np.logspace(-2, 4, 13).tolist()  # the shipped LinearConfig grid
 C_GRID_SEMI = np.logspace(-2, 4, 7).tolist()

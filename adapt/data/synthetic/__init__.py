@@ -18,7 +18,7 @@ Modules: ``noise`` (primitives), ``surfaces``, ``defects``, ``camera``, ``captio
 ``render`` (``render_sample``), ``source`` (the labelled source; imported on demand).
 """
 
-from adapt.data.synthetic.captions import caption_for, class_description, zero_shot_prompts
+from adapt.data.synthetic.wording import caption_for, class_description, zero_shot_prompts
 from adapt.data.synthetic.defects import DEFECTS, GOOD, GOOD_ALIASES, LOCATIONS, SEVERITIES
 from adapt.data.synthetic.render import MAX_SIZE, MIN_SIZE, SyntheticSample, render_sample
 from adapt.data.synthetic.surfaces import EL_SURFACES, SURFACES

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from adapt.data.synthetic.camera import _camera, _is_gray
-from adapt.data.synthetic.captions import caption_for
+from adapt.data.synthetic.wording import caption_for
 from adapt.data.synthetic.defects import _DEFECT_RENDERERS, DEFECTS, GOOD, LOCATIONS, SEVERITIES, _check_defect
 from adapt.data.synthetic.noise import _coords
 from adapt.data.synthetic.surfaces import _SURFACE_RENDERERS, SURFACES, _check_surface

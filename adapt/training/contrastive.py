@@ -3,8 +3,8 @@
 The losses are open_clip's own (``ClipLoss``, ``SigLipLoss``); under DDP, ClipLoss gathers
 features across ranks with gradients and computes the local loss, as open_clip's trainer does,
 so the batch seen by the loss grows with the number of devices. AdamW without weight decay on
-gains, biases, embeddings and temperature; linear warmup then cosine decay; the temperature
-is clamped to 100 after each step.
+gains, biases, norms and temperature (``adapt.training.optim``'s rule and warmup+cosine schedule);
+the temperature is clamped to 100 after each step.
 
 With ``ssl_weight > 0`` a SLIP-style self-supervised term is added: two augmented views of
 image-only (e.g. unlabeled in-domain) images, InfoNCE between them through a small projection
@@ -14,7 +14,6 @@ head that is not part of the saved model. Batches are then ``{"clip": ..., "ssl"
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -22,8 +21,7 @@ from open_clip.loss import ClipLoss, SigLipLoss
 
 from adapt.core.classifier import PixelNormalizer
 from adapt.core.encoders import freeze_norm_stats
-from adapt.errors import AdaptError
-from adapt.training.devices import Devices
+from adapt.training.optim import decay_groups, step_schedule, warmup_cosine
 
 # The image tower's output head (final norm + projection to the joint space): always trained at
 # the full learning rate, so even a locked trunk can meet the text tower.
@@ -74,8 +72,8 @@ class ContrastivePretraining(L.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
-        trainer = self._trainer  # None when used outside a Trainer (e.g. to measure a loss)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world = self.global_rank, (torch.distributed.get_world_size() if distributed else 1)  # 0, 1 outside a Trainer
         if self.loss_name == "clip":
             self.loss_fn = ClipLoss(local_loss=world > 1, gather_with_grad=world > 1, cache_labels=True, rank=rank, world_size=world)
         else:
@@ -120,82 +118,11 @@ class ContrastivePretraining(L.LightningModule):
             self.model.logit_scale.clamp_(0, math.log(100))
 
     def configure_optimizers(self):
-        groups: dict[tuple[bool, bool], list] = {}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
-            trunk = name.startswith("model.visual.") and name[len("model.visual.") :] not in IMAGE_HEAD
-            groups.setdefault((trunk, exclude), []).append(p)
-        opt = torch.optim.AdamW(
-            [
-                {
-                    "params": params,
-                    "weight_decay": 0.0 if exclude else self.weight_decay,
-                    "lr": self.lr * (self.vision_lr_scale if trunk else 1.0),
-                }
-                for (trunk, exclude), params in groups.items()
-            ],
-            lr=self.lr,
-            betas=(0.9, 0.98),
-            eps=1e-6,
-        )
-        warmup, total = self.warmup_steps, self.total_steps
+        def in_trunk(name: str) -> bool:
+            return name.startswith("model.visual.") and name[len("model.visual.") :] not in IMAGE_HEAD
 
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}}
-
-
-def resume_checkpoint(ckpt_dir: Path, resume: bool) -> str | None:
-    """``ckpt_dir/last.ckpt`` to continue from with ``resume``; a user error when it is missing, or
-    when checkpoints are there and ``resume`` is off (a new run must not overwrite an old one)."""
-    last = ckpt_dir / "last.ckpt"
-    if resume:
-        if not last.is_file():
-            raise AdaptError(f"--resume: no checkpoint at {last}")
-        return str(last)
-    if any(ckpt_dir.glob("*.ckpt")):
-        raise AdaptError(f"{ckpt_dir} already has checkpoints: pass --resume to continue that run, or another --output-dir")
-    return None
-
-
-def fit_pretraining(
-    module: ContrastivePretraining,
-    train_data,
-    devices: Devices,
-    *,
-    ckpt_dir: Path,
-    resume_from: str | None = None,
-    epochs: int = 1,
-    max_steps: int = -1,
-    max_minutes: float | None = None,
-    checkpoint_every: int = 100,
-    loggers: list | None = None,
-    callbacks: list | None = None,
-    progress: bool = True,
-    log_every_n_steps: int = 10,
-) -> L.Trainer:
-    """Run ``module`` on ``train_data`` with a Lightning Trainer placed by ``devices`` (DDP etc.),
-    writing a resumable ``last.ckpt`` into ``ckpt_dir`` every ``checkpoint_every`` steps; returns the trainer."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=checkpoint_every, save_last=True, save_top_k=0)
-    trainer = L.Trainer(
-        **devices.trainer_kwargs(),
-        max_epochs=epochs,
-        max_steps=max_steps,
-        max_time={"minutes": max_minutes} if max_minutes else None,
-        gradient_clip_val=1.0,
-        logger=loggers or False,
-        callbacks=[checkpoint, *(callbacks or [])],
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        log_every_n_steps=log_every_n_steps,
-        use_distributed_sampler=True,
-    )
-    trainer.fit(module, train_data, ckpt_path=resume_from)
-    return trainer
+        named = list(self.named_parameters())
+        groups = decay_groups([(n, p) for n, p in named if not in_trunk(n)], self.weight_decay, lr=self.lr)
+        groups += decay_groups([(n, p) for n, p in named if in_trunk(n)], self.weight_decay, lr=self.lr * self.vision_lr_scale)
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.98), eps=1e-6)
+        return {"optimizer": opt, "lr_scheduler": step_schedule(warmup_cosine(opt, self.warmup_steps, self.total_steps))}

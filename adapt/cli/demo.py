@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="elpv", help="dataset (default: %(default)s; elpv:4class, a folder or a CSV work too)")
     from adapt.methods import registry
 
-    p.add_argument("--method", choices=[n for n in registry.names() if not registry.get(n).needs_good_label], default="linear",
-                   help="adaptation method (default: %(default)s)")
+    p.add_argument("--method", choices=[registry.AUTO, *(n for n in registry.names() if not registry.get(n).needs_good_label)],
+                   default=registry.AUTO, help="adaptation method; auto chooses by cross-validation (default: %(default)s)")
     p.add_argument("--shots", type=int, default=16, help="labelled images per class (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="few-shot draw seed (default: %(default)s)")
     from adapt.defaults import DEFAULT_ARCH
@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     name = cfg.model_name
     print()
     print(f"adapt demo: {m['dataset']}, {cfg.method}, {cfg.shots} labelled images per class (+{cfg.shots} for validation)")
+    from adapt.cli.retrain import selection_lines
+
+    for line in selection_lines(m):
+        print(line)
     print(f"  adapted in {r.retrain.timings['adapt_s']:.1f}s; exported {r.retrain.model_path}")
     for line in r.tracking:
         print(f"  {line}")

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DemoConfig:
     data: str = "elpv"
-    method: str = "linear"
+    method: str = "auto"  # adapt.methods.registry.AUTO: chosen by cross-validation
     shots: int = 16
     seed: int = 1
     backbone: str = DEFAULT_ARCH

@@ -41,7 +41,7 @@ MODEL_FILE, TORCH_FILE, METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE = (
 @dataclass
 class RetrainConfig:
     data: str  # folder, CSV, elpv[...], synthetic[...]
-    method: str = "linear"  # a name in adapt.methods.registry
+    method: str = registry.AUTO  # a name in adapt.methods.registry, or auto: chosen by cross-validation
     shots: int = 16  # labelled training images per class
     seed: int = 1  # few-shot draw, initialisation, training order
     val_shots: int | None = None  # validation images per class (default: same as shots, at least 2)
@@ -62,11 +62,19 @@ class RetrainConfig:
     progress: bool = True
     use_feature_cache: bool = True
     good_label: str = ""  # anomaly methods (patchcore): the class to learn from; every other class is "defective"
+    budget_minutes: float = 3.0  # auto: time for cross-validating the candidates (the refit and evaluation come on top)
+    cv_folds: int = 4  # auto: k of the repeated stratified k-fold
+    cv_repeats: int = 5  # auto: most repeats (as many as the budget allows)
 
     def __post_init__(self) -> None:
-        self.method = registry.get(self.method).name
+        if self.method != registry.AUTO:
+            self.method = registry.get(self.method).name
+        elif self.hparams:
+            raise ValueError("--hp sets one method's hyper-parameters: name the --method too")
         if self.shots < 1:
             raise ValueError("shots must be >= 1")
+        if self.budget_minutes <= 0:
+            raise ValueError("--budget-minutes must be positive")
         registry.check_options(self.method, self.good_label, bool(self.unlabeled))
         self.resize_mode = ResizeMode(self.resize_mode).value  # ValueError names the bad value
         if self.output_dir is None:
@@ -143,11 +151,12 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     hooks = hooks or RunHooks()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    spec = registry.get(cfg.method)
-    method_cfg = registry.make_config(spec.name, cfg.hparams)  # bad hyper-parameters fail before any work
+    auto = cfg.method == registry.AUTO
+    spec = None if auto else registry.get(cfg.method)
+    method_cfg = None if auto else registry.make_config(spec.name, cfg.hparams)  # bad hyper-parameters fail before any work
     data = load_dataset(cfg.data, test_fraction=cfg.test_fraction, strict=cfg.strict_images)
     data = _with_extra_training_images(data, cfg.include, cfg.strict_images)
-    prepared = spec.split(data, cfg.shots, cfg.seed, cfg.val_shots, cfg.good_label)
+    prepared = (registry.auto_split if auto else spec.split)(data, cfg.shots, cfg.seed, cfg.val_shots, cfg.good_label)
     data, split = prepared.data, prepared.split
     logger.info(
         "%s: %d classes, %d train + %d val few-shot images, %d held-out test images",
@@ -158,7 +167,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     timings["load_s"] = time.perf_counter() - t0
     descriptions = {**data.descriptions, **cfg.descriptions}
     params = {
-        "method": spec.name,
+        "method": cfg.method,
         "shots": cfg.shots,
         "val_shots": len(split.val) // max(1, len(data.classes)),
         "seed": cfg.seed,
@@ -170,8 +179,9 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         "resize_mode": cfg.resize_mode,
         "classes": list(data.classes),
         "adapt_version": __version__,
-        **{f"hp.{k}": v for k, v in asdict(method_cfg).items()},
     }
+    if not auto:
+        params.update({f"hp.{k}": v for k, v in asdict(method_cfg).items()})
     unlabeled = None
     if cfg.unlabeled:
         from adapt.data.unlabeled import load_unlabeled, unlabeled_fingerprint
@@ -187,8 +197,27 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     hooks.dataset(data.name, params["dataset_fingerprint"], str(cfg.data), counts)
 
     t1 = time.perf_counter()
+    selection = None
+    if auto:
+        from adapt.methods.selection import cross_validate_methods
+
+        candidates = [(s, s.config()) for s in registry.auto_candidates(cfg.good_label)]
+        quiet = retrain_context(replace(cfg, progress=False), backbone, split, descriptions, RunHooks())
+        logger.info("auto: cross-validating %s within %.1f min", ", ".join(s.name for s, _ in candidates), cfg.budget_minutes)
+        selection = cross_validate_methods(candidates, quiet, cfg.budget_minutes * 60, cfg.cv_folds, cfg.cv_repeats, cfg.seed)
+        spec = registry.get(selection.choice)
+        method_cfg = next(c for s, c in candidates if s.name == spec.name)
+        params.update(selection.params())
+        params.update({f"hp.{k}": v for k, v in asdict(method_cfg).items()})
+        hooks.metrics(selection.metrics(), 0)
+        timings["select_s"] = time.perf_counter() - t1
+        logger.info("auto: %s (%s); refitting it on the labelled images", spec.name, selection.reason)
+    t_fit = time.perf_counter()
     fitted = spec.fit(retrain_context(cfg, backbone, split, descriptions, hooks, unlabeled), method_cfg)
+    timings["fit_s"] = time.perf_counter() - t_fit
     timings["adapt_s"] = time.perf_counter() - t1
+    for note in fitted.notes:
+        logger.warning("%s", note)
     params.update({f"chosen.{k}": v for k, v in fitted.params.items() if not isinstance(v, (list, dict))})
 
     classifier = fitted.classifier
@@ -216,6 +245,10 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     metrics = compute_metrics(probs, data.test.labels, data.classes, reject_threshold=threshold)
     if prepared.extra_metrics is not None:
         metrics.update(prepared.extra_metrics(probs))
+    if selection is not None:
+        metrics["selection"] = selection_record(selection)
+    if fitted.notes:
+        metrics["notes"] = list(fitted.notes)
     timings["evaluate_s"] = time.perf_counter() - t3
     timings["total_s"] = time.perf_counter() - t0
     metrics.update(
@@ -232,3 +265,18 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     result = RetrainResult(out, metrics, params, model_path, out / TORCH_FILE, data.fingerprint(), timings)
     hooks.finished(result)
     return result
+
+
+def selection_record(selection) -> dict:
+    """``--method auto``'s choice and every candidate's cross-validation, for metrics.json and the summary."""
+    return {
+        "choice": selection.choice,
+        "reason": selection.reason,
+        "folds": selection.folds,
+        "repeats": selection.repeats,
+        "labelled_images": len(selection.pool),
+        "candidates": {
+            r.method: {"mean": r.mean, "std": r.std, "folds": len(r.used), "seconds": r.seconds, "skipped": r.skipped}
+            for r in selection.results
+        },
+    }

@@ -39,6 +39,7 @@ CASES = [
     (["retrain", "--data", "synthetic", "--method", "linear", "--good-label", "good"], "--good-label is for --method patchcore"),
     (["retrain", "--data", "synthetic", "--hp", "rank=8"], "--hp sets one method's hyper-parameters: name the --method too"),
     (["retrain", "--data", "synthetic", "--budget-minutes", "0"], "--budget-minutes must be positive"),
+    (["retrain", "--data", "synthetic", "--review-budget", "1.5"], "--review-budget must be in [0, 1]"),
     (["retrain", "--data", "synthetic", "--method", "patchcore", "--good-label", "good", "--hp", "pool=2"], "pool must be an odd number"),
     (["eval", "--model", "missing.onnx", "--data", "synthetic"], "model not found: missing.onnx"),
     (["eval", "--model", "model.onnx", "--data", "nowhere"], "dataset not found: nowhere"),

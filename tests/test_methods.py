@@ -320,3 +320,16 @@ def test_cross_validation_keeps_the_simpler_of_two_equal_methods_and_drops_a_use
     oof = sel.result("linear").out_of_fold()
     assert oof.shape == (len(sel.pool), 2) and np.allclose(oof.sum(1), 1, atol=1e-5)  # every labelled image was held out
     assert sel.metrics()["cv/linear/folds"] == 8 and sel.params()["auto.choice"] == "linear"
+
+
+@pytest.mark.unit
+def test_risk_coverage_curve_trades_review_for_accuracy():
+    from adapt.pipelines.review import at_threshold, risk_coverage
+
+    top = np.array([0.99, 0.9, 0.8, 0.7])
+    probs = np.stack([top, 1 - top], axis=1)
+    labels = np.array([0, 0, 1, 0])  # the third most confident is wrong
+    review, accuracy = risk_coverage(probs, labels)
+    np.testing.assert_allclose(review, [0.75, 0.5, 0.25, 0.0])
+    np.testing.assert_allclose(accuracy, [1.0, 1.0, 2 / 3, 0.75])
+    assert at_threshold(probs, labels, 0.85) == (0.5, 1.0)

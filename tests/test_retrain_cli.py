@@ -260,7 +260,7 @@ def test_auto_is_the_default_and_names_the_winner_and_the_runners_up(parts, tmp_
     out = tmp_path / "auto"
     assert main(["retrain", "--data", str(parts), "--shots", "4", "--hp", "C=1"] + TINY) == 1
     assert "--hp sets one method's hyper-parameters: name the --method too" in capsys.readouterr().err
-    assert main(["-q", "retrain", "--data", str(parts), "--shots", "4", "--output-dir", str(out)] + TINY) == 0
+    assert main(["-q", "retrain", "--data", str(parts), "--shots", "4", "--review-budget", "0.2", "--output-dir", str(out)] + TINY) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     sel = metrics["selection"]
@@ -271,3 +271,7 @@ def test_auto_is_the_default_and_names_the_winner_and_the_runners_up(parts, tmp_
     run = json.loads((out / "run.json").read_text())
     assert run["params"]["method"] == "auto" and run["params"]["auto.choice"] == sel["choice"]
     assert metrics["accuracy"] >= 0.85
+    review = metrics["review"]  # the threshold comes from the winner's out-of-fold probabilities of all 16 labelled images
+    assert review["budget"] == 0.2 and review["estimated_on"] == "cross-validation (16 labelled images)"
+    assert review["expected_review_rate"] <= 0.2 and "asked: review at most 20%" in printed
+    assert (out / "risk_coverage.png").read_bytes()[:4] == b"\x89PNG"

@@ -63,7 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "recorded in the exported model, which serving follows (default: %(default)s)")
     p.add_argument("--test-fraction", type=float, default=0.25, help="held-out share when the data has no test split (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them with a warning")
-    p.add_argument("--review-accuracy", type=float, default=0.95, help="reject threshold: lowest confidence at which accepted validation predictions reach this accuracy (default: %(default)s)")
+    p.add_argument("--review-budget", type=float, default=0.5, metavar="SHARE",
+                   help="at most this share of parts goes to human review, e.g. 0.10 (the reject threshold is estimated on "
+                   "held-out few-shot images: cross-validation with --method auto) (default: %(default)s)")
+    p.add_argument("--target-accuracy", type=float, default=0.95,
+                   help="send to review only as many parts as the auto-decided ones need to reach this accuracy, within "
+                   "--review-budget (default: %(default)s)")
     p.add_argument("--reject-threshold", type=float, default=None, help="fixed reject threshold instead of choosing one")
     p.add_argument("--no-cache", action="store_true", help="recompute frozen features instead of using the cache")
     p.add_argument("--json", action="store_true", help="print the metrics JSON instead of a summary")
@@ -90,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         raise AdaptError(f"--hp: {exc}") from exc
     if args.budget_minutes <= 0:
         raise AdaptError("--budget-minutes must be positive")
+    if not 0 <= args.review_budget <= 1 or not 0 < args.target_accuracy <= 1:
+        raise AdaptError("--review-budget must be in [0, 1] and --target-accuracy in (0, 1]")
     if args.shots < 1:
         raise AdaptError("--shots must be >= 1")
     try:
@@ -112,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
             hparams=hparams,
             descriptions=descriptions,
             device=args.device,
-            review_target_accuracy=args.review_accuracy,
+            target_accuracy=args.target_accuracy,
+            review_budget=args.review_budget,
             reject_threshold=args.reject_threshold,
             test_fraction=args.test_fraction,
             resize_mode=args.resize_mode,
@@ -157,7 +165,7 @@ def summary(result) -> str:
         + (f"   ROC-AUC {m['roc_auc']:.3f}" if "roc_auc" in m else ""),
         *selection_lines(m),
         *_anomaly_lines(m),
-        f"  needs review: {m.get('needs_review_rate', 0):.1%} of images (threshold {m.get('reject_threshold', 0):.2f})",
+        *review_lines(m),
         f"  model:   {result.model_path}",
         f"  metrics: {result.output_dir / 'metrics.json'}   confusion matrix: {result.output_dir / 'confusion_matrix.png'}",
         f"  time:    adapt {result.timings['adapt_s']:.1f}s"
@@ -194,3 +202,14 @@ def _anomaly_lines(m: dict) -> list[str]:
         return [f"  the data has no class besides '{m['anomaly']['good_label']}': threshold from good validation images only, "
                 "no defect recall measured (add defect images to validate)"]
     return ["  recall per defect class: " + ", ".join(f"{k} {v:.1%}" for k, v in recall.items())]
+
+
+def review_lines(m: dict) -> list[str]:
+    """What the reject threshold does: expected on the few-shot images, measured on the held-out test."""
+    r = m.get("review") or {}
+    lines = [f"  needs review: {m.get('needs_review_rate', 0):.1%} of held-out images (threshold {m.get('reject_threshold', 0):.2f}); "
+             f"auto-decided ones {m.get('accuracy_on_accepted', float('nan')):.1%} correct"]
+    if "expected_review_rate" in r:
+        lines.append(f"    asked: review at most {r['budget']:.0%}, target {r['target_accuracy']:.0%}; expected from the {r['estimated_on']}: "
+                     f"{r['expected_review_rate']:.1%} to review, {r['expected_accuracy_on_accepted']:.1%} correct")
+    return lines

@@ -25,16 +25,18 @@ from adapt.data import load_dataset
 from adapt.core.evaluation import choose_reject_threshold, compute_metrics, save_confusion_matrix, save_metrics
 from adapt.methods import AdaptContext
 from adapt.methods import registry
+from adapt.pipelines.review import at_threshold, save_risk_coverage
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE, TORCH_FILE, METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE = (
+MODEL_FILE, TORCH_FILE, METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE, RISK_FILE = (
     "model.onnx",
     "classifier.pt",
     "metrics.json",
     "confusion_matrix.png",
     "labels.json",
     "run.json",
+    "risk_coverage.png",
 )
 
 
@@ -51,7 +53,8 @@ class RetrainConfig:
     hparams: dict[str, str] = field(default_factory=dict)  # method hyper-parameters KEY=VALUE
     descriptions: dict[str, str] = field(default_factory=dict)  # class -> prompt words (zero-shot style heads)
     device: str = "cpu"
-    review_target_accuracy: float = 0.95  # reject threshold: accepted val predictions reach this accuracy
+    target_accuracy: float = 0.95  # reject threshold: the auto-decided (accepted) parts reach this accuracy ...
+    review_budget: float = 0.5  # ... sending at most this share of parts to review (estimated on held-out few-shot images)
     reject_threshold: float | None = None  # fixed threshold instead of the chosen one
     test_fraction: float = 0.25
     resize_mode: str = "squash"  # squash | shortest (centre crop): how any image becomes the square input
@@ -75,6 +78,8 @@ class RetrainConfig:
             raise ValueError("shots must be >= 1")
         if self.budget_minutes <= 0:
             raise ValueError("--budget-minutes must be positive")
+        if not 0 <= self.review_budget <= 1 or not 0 < self.target_accuracy <= 1:
+            raise ValueError("--review-budget must be in [0, 1] and --target-accuracy in (0, 1]")
         registry.check_options(self.method, self.good_label, bool(self.unlabeled))
         self.resize_mode = ResizeMode(self.resize_mode).value  # ValueError names the bad value
         if self.output_dir is None:
@@ -221,12 +226,19 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     params.update({f"chosen.{k}": v for k, v in fitted.params.items() if not isinstance(v, (list, dict))})
 
     classifier = fitted.classifier
-    val_labels = split.val.labels
+    held_probs, held_labels, source = fitted.val_probabilities, split.val.labels, f"validation split ({len(split.val)} images)"
+    oof = selection.result(spec.name).out_of_fold() if selection is not None else None
+    if oof is not None:  # every labelled image, predicted by a model that did not see it
+        held_probs, held_labels, source = oof, selection.pool.labels, f"cross-validation ({len(oof)} labelled images)"
     threshold = cfg.reject_threshold
     if threshold is None:
-        threshold = choose_reject_threshold(fitted.val_probabilities, val_labels, cfg.review_target_accuracy)
+        threshold = choose_reject_threshold(held_probs, held_labels, cfg.target_accuracy, cfg.review_budget)
     classifier.info.reject_threshold = float(threshold)
-    params["reject_threshold"] = float(threshold)
+    params.update(reject_threshold=float(threshold), review_budget=cfg.review_budget, target_accuracy=cfg.target_accuracy, threshold_estimated_on=source)
+    review = {"budget": cfg.review_budget, "target_accuracy": cfg.target_accuracy, "estimated_on": source}
+    if held_probs is not None and len(held_labels):
+        review["expected_review_rate"], review["expected_accuracy_on_accepted"] = at_threshold(held_probs, held_labels, threshold)
+        hooks.metrics({f"review/{k}": v for k, v in review.items() if k.startswith("expected_")}, 0)
 
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +261,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         metrics["selection"] = selection_record(selection)
     if fitted.notes:
         metrics["notes"] = list(fitted.notes)
+    metrics["review"] = review
     timings["evaluate_s"] = time.perf_counter() - t3
     timings["total_s"] = time.perf_counter() - t0
     metrics.update(
@@ -260,6 +273,13 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         title=f"{data.name} · {spec.name} · {cfg.shots}-shot · bal. acc {metrics['balanced_accuracy']:.1%}",
     )
     (out / LABELS_FILE).write_text(json.dumps(list(data.classes)))
+    curves = {"held-out test": (probs, data.test.labels)}
+    points = {"held-out test": at_threshold(probs, data.test.labels, threshold)}
+    if held_probs is not None and len(held_labels):
+        curves = {f"estimate: {source}": (held_probs, held_labels), **curves}
+        points[f"estimate: {source}"] = at_threshold(held_probs, held_labels, threshold)
+    save_risk_coverage(curves, points, out / RISK_FILE, title=f"{data.name} · {spec.name} · threshold {threshold:.2f}",
+                       budget=cfg.review_budget, target=cfg.target_accuracy)
     run_record = {"params": params, "timings": timings, "history": fitted.history}
     (out / RUN_FILE).write_text(json.dumps(run_record, indent=2, default=str))
     result = RetrainResult(out, metrics, params, model_path, out / TORCH_FILE, data.fingerprint(), timings)

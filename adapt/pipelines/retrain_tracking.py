@@ -110,7 +110,7 @@ def log_retrain_result(
     history: list[dict] | None = None,
 ) -> TrackingOutcome:
     """Log a finished retrain into ``run`` and end it; then register it through the promotion gate."""
-    from adapt.pipelines.retrain import CM_FILE, LABELS_FILE, METRICS_FILE, RUN_FILE
+    from adapt.pipelines.retrain import CM_FILE, LABELS_FILE, METRICS_FILE, RISK_FILE, RUN_FILE
 
     chosen_later = {k: v for k, v in result.params.items() if k not in run.logged_params}  # e.g. chosen.*, reject_threshold
     if chosen_later:
@@ -120,7 +120,7 @@ def log_retrain_result(
     run.log_metrics(final_metrics(result.metrics))
     run.log_metrics({f"time/{k}": v for k, v in result.timings.items()})
     out = result.output_dir
-    for name in (METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE):
+    for name in (METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE, RISK_FILE):
         if (out / name).is_file():
             run.log_artifact(out / name)
     run.set_tags({"adapt.output_dir": str(out.resolve()), "dataset_fingerprint": result.dataset_fingerprint})

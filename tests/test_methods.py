@@ -282,7 +282,7 @@ def test_the_registry_is_the_one_list_of_methods_and_their_option_rules():
     from adapt.methods import registry
 
     assert set(registry.names()) == {m.value for m in Method}
-    assert [s.name for s in registry.auto_candidates()] == ["linear", "lora", "tip-adapter"]
+    assert [s.name for s in registry.auto_candidates()] == ["linear", "tip-adapter", "lora"]
     assert "patchcore" in [s.name for s in registry.auto_candidates(good_label="ok")]
     registry.check_options("patchcore", good_label="ok")
     registry.check_options("linear", unlabeled=True)
@@ -290,3 +290,46 @@ def test_the_registry_is_the_one_list_of_methods_and_their_option_rules():
                                     ("lora", {"unlabeled": True}, "--unlabeled is used by --method linear only"), ("nope", {}, "unknown method 'nope'")]:
         with pytest.raises(ValueError, match=message):
             registry.check_options(method, **kwargs)
+
+
+@pytest.mark.integration
+def test_cross_validation_keeps_the_simpler_of_two_equal_methods_and_drops_a_useless_one(context):
+    import dataclasses
+
+    from adapt.methods import registry
+    from adapt.methods.base import FitResult
+    from adapt.methods.selection import cross_validate_methods
+
+    data, ctx = context
+
+    def always_first_class(c, cfg):  # a method that learned nothing
+        clf = fit(Method.LINEAR, c).classifier
+        with torch.no_grad():
+            clf.head.linear.weight.zero_()
+            clf.head.linear.bias.copy_(torch.tensor([1.0, 0.0]))
+        return FitResult(clf, params={})
+
+    linear = registry.get("linear")
+    candidates = [(linear, linear.config()), (dataclasses.replace(linear, name="useless", fit=always_first_class), None),
+                  (dataclasses.replace(linear, name="linear-again"), linear.config())]
+    sel = cross_validate_methods(candidates, dataclasses.replace(ctx, progress=False), budget_s=600, folds=4, repeats=2, seed=1)
+    assert sel.folds == 4 and sel.repeats == 2 and len(sel.pool) == len(ctx.split.train) + len(ctx.split.val)
+    assert sel.result("useless").mean == pytest.approx(0.5) and sel.result("linear").mean >= 0.9
+    assert sel.choice == "linear"  # linear-again scores the same on the same folds: the earlier one is kept
+    assert [r.method for r in sel.runners_up()][-1] == "useless"
+    oof = sel.result("linear").out_of_fold()
+    assert oof.shape == (len(sel.pool), 2) and np.allclose(oof.sum(1), 1, atol=1e-5)  # every labelled image was held out
+    assert sel.metrics()["cv/linear/folds"] == 8 and sel.params()["auto.choice"] == "linear"
+
+
+@pytest.mark.unit
+def test_risk_coverage_curve_trades_review_for_accuracy():
+    from adapt.pipelines.review import at_threshold, risk_coverage
+
+    top = np.array([0.99, 0.9, 0.8, 0.7])
+    probs = np.stack([top, 1 - top], axis=1)
+    labels = np.array([0, 0, 1, 0])  # the third most confident is wrong
+    review, accuracy = risk_coverage(probs, labels)
+    np.testing.assert_allclose(review, [0.75, 0.5, 0.25, 0.0])
+    np.testing.assert_allclose(accuracy, [1.0, 1.0, 2 / 3, 0.75])
+    assert at_threshold(probs, labels, 0.85) == (0.5, 1.0)

@@ -249,3 +249,29 @@ def test_a_method_added_by_one_registry_entry_runs_from_the_cli(toy_method, part
     assert run["params"]["method"] == toy_method and run["params"]["hp.scale"] == 30.0
     assert read_metadata(out / "model.onnx").method == toy_method
     assert json.loads((out / "metrics.json").read_text())["accuracy"] >= 0.85  # brightness: the class means separate it
+
+
+@pytest.mark.e2e
+def test_auto_is_the_default_and_names_the_winner_and_the_runners_up(parts, tmp_path, capsys, monkeypatch):
+    from adapt.methods import registry
+
+    lora = registry.get("lora")
+    monkeypatch.setitem(registry.REGISTRY, "lora", dataclasses.replace(lora, auto=False))  # keeps the test fast; lora is tested in test_methods
+    out = tmp_path / "auto"
+    assert main(["retrain", "--data", str(parts), "--shots", "4", "--hp", "C=1"] + TINY) == 1
+    assert "--hp sets one method's hyper-parameters: name the --method too" in capsys.readouterr().err
+    assert main(["-q", "retrain", "--data", str(parts), "--shots", "4", "--review-budget", "0.2", "--output-dir", str(out)] + TINY) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    sel = metrics["selection"]
+    assert set(sel["candidates"]) == {"linear", "tip-adapter"} and sel["choice"] == metrics["method"]
+    assert sel["folds"] == 4 and all(c["folds"] >= 4 and 0.5 <= c["mean"] <= 1 for c in sel["candidates"].values())
+    runner_up = ({"linear", "tip-adapter"} - {sel["choice"]}).pop()
+    assert f"method auto chose {sel['choice']}" in printed and f"runners-up: {runner_up}" in printed
+    run = json.loads((out / "run.json").read_text())
+    assert run["params"]["method"] == "auto" and run["params"]["auto.choice"] == sel["choice"]
+    assert metrics["accuracy"] >= 0.85
+    review = metrics["review"]  # the threshold comes from the winner's out-of-fold probabilities of all 16 labelled images
+    assert review["budget"] == 0.2 and review["estimated_on"] == "cross-validation (16 labelled images)"
+    assert review["expected_review_rate"] <= 0.2 and "asked: review at most 20%" in printed
+    assert (out / "risk_coverage.png").read_bytes()[:4] == b"\x89PNG"

@@ -17,8 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="elpv", help="dataset (default: %(default)s; elpv:4class, a folder or a CSV work too)")
     from adapt.methods import registry
 
-    p.add_argument("--method", choices=[n for n in registry.names() if not registry.get(n).needs_good_label], default="linear",
-                   help="adaptation method (default: %(default)s)")
+    p.add_argument("--method", choices=[registry.AUTO, *(n for n in registry.names() if not registry.get(n).needs_good_label)],
+                   default=registry.AUTO, help="adaptation method; auto chooses by cross-validation (default: %(default)s)")
+    p.add_argument("--budget-minutes", type=float, default=3.0, help="--method auto: minutes for cross-validating the candidates (default: %(default)s)")
+    p.add_argument("--review-budget", type=float, default=0.25, metavar="SHARE",
+                   help="at most this share of the cells goes to human review (default: %(default)s)")
     p.add_argument("--shots", type=int, default=16, help="labelled images per class (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="few-shot draw seed (default: %(default)s)")
     from adapt.defaults import DEFAULT_ARCH
@@ -42,12 +45,17 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, method=args.method, shots=args.shots, seed=args.seed, backbone=args.backbone,
         pretrained=args.pretrained, output_dir=Path(args.output_dir), tracking_uri=args.tracking_uri,
         model_name=args.model_name, port=args.port, max_test_images=args.max_test_images, progress=not args.quiet,
+        budget_minutes=args.budget_minutes, review_budget=args.review_budget,
     )
     r = run_demo(cfg)
     m = r.retrain.metrics
     name = cfg.model_name
     print()
     print(f"adapt demo: {m['dataset']}, {cfg.method}, {cfg.shots} labelled images per class (+{cfg.shots} for validation)")
+    from adapt.cli.retrain import selection_lines
+
+    for line in selection_lines(m):
+        print(line)
     print(f"  adapted in {r.retrain.timings['adapt_s']:.1f}s; exported {r.retrain.model_path}")
     for line in r.tracking:
         print(f"  {line}")
@@ -55,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  classified {r.n_images} held-out images through the service:")
     print(f"    accuracy {r.accuracy:.1%}   balanced accuracy {r.balanced_accuracy:.1%}   "
           f"(always answering the majority class: {max(m['per_class'][c]['support'] for c in m['per_class']) / m['n']:.1%} / 50.0%)")
-    print(f"    needs review: {r.needs_review_rate:.1%} of images (reject threshold {m.get('reject_threshold', 0):.2f})")
+    print(f"    at a review budget of {cfg.review_budget:.0%}: {r.needs_review_rate:.1%} of images sent to review "
+          f"(reject threshold {m.get('reject_threshold', 0):.2f}), the other {1 - r.needs_review_rate:.1%} decided automatically: "
+          f"{r.extra['accuracy_on_accepted']:.1%} correct")
     print(f"    throughput {r.stream_images_per_s:.0f} images/s (one stream); latency p50 {r.latency_ms_p50:.1f} ms, p99 {r.latency_ms_p99:.1f} ms (unary, one client)")
     print()
     print("next:")

@@ -15,6 +15,7 @@ from adapt.methods import registry
 
 EPILOG_TEMPLATE = """\
 examples:
+  adapt retrain --data parts/ --shots 16 --seed 1                      # auto: cross-validates linear, tip-adapter, lora
   adapt retrain --data parts/ --method linear --shots 16 --seed 1
   adapt retrain --data elpv --method lora --shots 16 --hp rank=8 --hp epochs=80
   adapt retrain --data labels.csv --method tip-adapter --hp finetune=true --output-dir runs/tip
@@ -38,7 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     config_file.add_option(p)
     p.add_argument("--data", required=True, help="folder ROOT/<label>/*.png, CSV manifest path,label[,split], elpv[:4class][:mono|:poly], or synthetic")
-    p.add_argument("--method", choices=registry.names(), default="linear", help="adaptation method (default: %(default)s)")
+    p.add_argument("--method", choices=(registry.AUTO, *registry.names()), default=registry.AUTO,
+                   help="adaptation method; auto cross-validates " + ", ".join(s.name for s in registry.auto_candidates())
+                   + " (and patchcore with --good-label) on the labelled images and keeps the best (default: %(default)s)")
+    p.add_argument("--budget-minutes", type=float, default=3.0,
+                   help="--method auto: minutes for cross-validating the candidates; the refit and the evaluation come on top (default: %(default)s)")
     p.add_argument("--shots", type=int, default=16, help="labelled training images per class (default: %(default)s)")
     p.add_argument("--good-label", default="", metavar="LABEL",
                    help="anomaly methods (patchcore): the class of good parts; --shots good images build the model, every other class is 'defective' and used only for validation and testing")
@@ -58,7 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "recorded in the exported model, which serving follows (default: %(default)s)")
     p.add_argument("--test-fraction", type=float, default=0.25, help="held-out share when the data has no test split (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them with a warning")
-    p.add_argument("--review-accuracy", type=float, default=0.95, help="reject threshold: lowest confidence at which accepted validation predictions reach this accuracy (default: %(default)s)")
+    p.add_argument("--review-budget", type=float, default=0.5, metavar="SHARE",
+                   help="at most this share of parts goes to human review, e.g. 0.10 (the reject threshold is estimated on "
+                   "held-out few-shot images: cross-validation with --method auto) (default: %(default)s)")
+    p.add_argument("--target-accuracy", type=float, default=0.95,
+                   help="send to review only as many parts as the auto-decided ones need to reach this accuracy, within "
+                   "--review-budget (default: %(default)s)")
     p.add_argument("--reject-threshold", type=float, default=None, help="fixed reject threshold instead of choosing one")
     p.add_argument("--no-cache", action="store_true", help="recompute frozen features instead of using the cache")
     p.add_argument("--json", action="store_true", help="print the metrics JSON instead of a summary")
@@ -76,10 +86,17 @@ def run(args: argparse.Namespace) -> int:
         checks.check_data(args.unlabeled, "--unlabeled")
     checks.check_weights(args.pretrained)
     hparams, descriptions = parse_key_values(args.hp, "--hp"), parse_key_values(args.describe, "--describe")
+    if hparams and args.method == registry.AUTO:
+        raise AdaptError("--hp sets one method's hyper-parameters: name the --method too")
     try:
-        registry.make_config(args.method, hparams)  # unknown or malformed --hp: one line, before torch is imported
+        if args.method != registry.AUTO:
+            registry.make_config(args.method, hparams)  # unknown or malformed --hp: one line, before torch is imported
     except (TypeError, ValueError) as exc:
         raise AdaptError(f"--hp: {exc}") from exc
+    if args.budget_minutes <= 0:
+        raise AdaptError("--budget-minutes must be positive")
+    if not 0 <= args.review_budget <= 1 or not 0 < args.target_accuracy <= 1:
+        raise AdaptError("--review-budget must be in [0, 1] and --target-accuracy in (0, 1]")
     if args.shots < 1:
         raise AdaptError("--shots must be >= 1")
     try:
@@ -102,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
             hparams=hparams,
             descriptions=descriptions,
             device=args.device,
-            review_target_accuracy=args.review_accuracy,
+            target_accuracy=args.target_accuracy,
+            review_budget=args.review_budget,
             reject_threshold=args.reject_threshold,
             test_fraction=args.test_fraction,
             resize_mode=args.resize_mode,
@@ -113,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             use_feature_cache=not args.no_cache,
             model_name=args.register or "",
             good_label=args.good_label,
+            budget_minutes=args.budget_minutes,
         )
     except ValueError as exc:
         raise AdaptError(str(exc)) from exc
@@ -144,13 +163,35 @@ def summary(result) -> str:
         f"{m['dataset']} · {m['method']} · {m['shots']}-shot · seed {m['seed']}  (held-out test: {m['n']} images)",
         f"  accuracy {m['accuracy']:.1%}   balanced accuracy {m['balanced_accuracy']:.1%}   macro-F1 {m['macro_f1']:.3f}"
         + (f"   ROC-AUC {m['roc_auc']:.3f}" if "roc_auc" in m else ""),
+        *selection_lines(m),
         *_anomaly_lines(m),
-        f"  needs review: {m.get('needs_review_rate', 0):.1%} of images (threshold {m.get('reject_threshold', 0):.2f})",
+        *review_lines(m),
         f"  model:   {result.model_path}",
         f"  metrics: {result.output_dir / 'metrics.json'}   confusion matrix: {result.output_dir / 'confusion_matrix.png'}",
-        f"  time:    adapt {result.timings['adapt_s']:.1f}s, total {result.timings['total_s']:.1f}s",
+        f"  time:    adapt {result.timings['adapt_s']:.1f}s"
+        + (f" (choosing {result.timings['select_s']:.1f}s)" if "select_s" in result.timings else "")
+        + f", total {result.timings['total_s']:.1f}s",
+        *(f"  note:    {note}" for note in m.get("notes", [])),
     ]
     return "\n".join(lines)
+
+
+def selection_lines(m: dict) -> list[str]:
+    sel = m.get("selection")
+    if not sel:
+        return []
+    c = sel["candidates"]
+
+    def score(name: str) -> str:
+        r = c[name]
+        return f"{name} {r['mean']:.1%} ± {r['std']:.1%}" if not r["skipped"] else f"{name} ({r['skipped']})"
+
+    cv = f"{sel['folds']}-fold x {sel['repeats']} over the {sel['labelled_images']} labelled images"
+    others = sorted((n for n in c if n != sel["choice"]), key=lambda n: (bool(c[n]["skipped"]), -(c[n]["mean"] or 0)))
+    return [
+        f"  method auto chose {sel['choice']}: {sel['reason']}",
+        f"    cross-validated balanced accuracy ({cv}): {score(sel['choice'])}" + ("; runners-up: " + ", ".join(map(score, others)) if others else ""),
+    ]
 
 
 def _anomaly_lines(m: dict) -> list[str]:
@@ -161,3 +202,14 @@ def _anomaly_lines(m: dict) -> list[str]:
         return [f"  the data has no class besides '{m['anomaly']['good_label']}': threshold from good validation images only, "
                 "no defect recall measured (add defect images to validate)"]
     return ["  recall per defect class: " + ", ".join(f"{k} {v:.1%}" for k, v in recall.items())]
+
+
+def review_lines(m: dict) -> list[str]:
+    """What the reject threshold does: expected on the few-shot images, measured on the held-out test."""
+    r = m.get("review") or {}
+    lines = [f"  needs review: {m.get('needs_review_rate', 0):.1%} of held-out images (threshold {m.get('reject_threshold', 0):.2f}); "
+             f"auto-decided ones {m.get('accuracy_on_accepted', float('nan')):.1%} correct"]
+    if "expected_review_rate" in r:
+        lines.append(f"    asked: review at most {r['budget']:.0%}, target {r['target_accuracy']:.0%}; expected from the {r['estimated_on']}: "
+                     f"{r['expected_review_rate']:.1%} to review, {r['expected_accuracy_on_accepted']:.1%} correct")
+    return lines

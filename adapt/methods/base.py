@@ -114,3 +114,4 @@ class FitResult:
     params: dict  # the hyper-parameters used (chosen ones included)
     val_probabilities: np.ndarray | None = None  # on split.val, for the reject threshold
     history: list[dict] = field(default_factory=list)  # per-epoch curves, if any
+    notes: list[str] = field(default_factory=list)  # what the user should know, e.g. "no fine-tuned epoch beat the start"

@@ -160,7 +160,12 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
         head = probe if probe is not None else CosineHead(net.class_embeddings(), net.scale)
     merged = peft_model.merge_and_unload()
     params = {**cfg.__dict__, "trainable_parameters": trainable, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+    notes = []
+    if result.best_epoch < 0 and len(y_val):
+        start = "linear probe" if probe is not None else "zero-shot prompts"
+        notes.append(f"lora: none of {result.epochs_run} fine-tuned epochs beat its starting point on validation, so this model "
+                     f"is the {start} on the unadapted tower (try --method linear, or more images)")
     clf = ImageClassifier(ImageEncoder(merged.visual, spec), head, ctx.info(Method.LORA, params)).eval()
     for p in clf.parameters():
         p.requires_grad_(False)
-    return FitResult(clf, params=params, val_probabilities=val_probs, history=result.history)
+    return FitResult(clf, params=params, val_probabilities=val_probs, history=result.history, notes=notes)

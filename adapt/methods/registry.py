@@ -65,6 +65,27 @@ def good_versus_defective(data, shots: int, seed: int, val_shots: int | None, go
     )
 
 
+def auto_split(data, shots: int, seed: int, val_shots: int | None, good_label: str = "") -> Prepared:
+    """``--method auto``: the few-shot split; with ``--good-label`` of the data made binary (good /
+    defective), so that the anomaly methods and the classifiers answer the same question."""
+    if not good_label:
+        return few_shot(data, shots, seed, val_shots)
+    from adapt.data import DatasetSplits, few_shot_split
+    from adapt.data.anomaly import anomaly_metrics, binary
+    from adapt.errors import DataError
+
+    if good_label not in data.classes:
+        raise DataError(f"--good-label '{good_label}' is not a class of {data.name} (its classes: {list(data.classes)})")
+    good = data.classes.index(good_label)
+    kinds = tuple(data.classes[i] for i in data.test.labels)
+    binary_data = DatasetSplits(data.name, binary(data.train, good), binary(data.test, good), {})
+    return Prepared(
+        binary_data, few_shot_split(binary_data.train, shots, seed, val_shots),
+        {"good_label": good_label, "defect_classes": [c for c in data.classes if c != good_label]},
+        lambda probs: {"anomaly": anomaly_metrics(probs, kinds, good_label)},
+    )
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -197,10 +218,11 @@ def fit_patchcore(ctx, cfg):
     return fit_patchcore(ctx, cfg)
 
 
+# In order of cost: --method auto tries its candidates in this order and, within noise, keeps the earlier.
 register(MethodSpec("zeroshot", ZeroShotConfig, fit_zeroshot, "class prompts only, no training"))
 register(MethodSpec("linear", LinearConfig, fit_linear, "logistic regression on frozen features", accepts_unlabeled=True, auto=True))
-register(MethodSpec("coop", CoOpConfig, fit_coop, "learned prompt context"))
-register(MethodSpec("lora", LoraConfig, fit_lora, "low-rank adapters in the image tower + linear head", auto=True))
 register(MethodSpec("tip-adapter", TipAdapterConfig, fit_tip_adapter, "training-free feature cache", auto=True))
 register(MethodSpec("patchcore", PatchCoreConfig, fit_patchcore, "anomaly detection from good parts only",
                     split=good_versus_defective, needs_good_label=True, auto=True))
+register(MethodSpec("coop", CoOpConfig, fit_coop, "learned prompt context"))
+register(MethodSpec("lora", LoraConfig, fit_lora, "low-rank adapters in the image tower + linear head", auto=True))

@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DemoConfig:
     data: str = "elpv"
-    method: str = "linear"
+    method: str = "auto"  # adapt.methods.registry.AUTO: chosen by cross-validation
+    budget_minutes: float = 3.0  # auto: time for cross-validating the candidates
+    review_budget: float = 0.25  # at most this share of parts to human review
     shots: int = 16
     seed: int = 1
     backbone: str = DEFAULT_ARCH
@@ -82,6 +84,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     retrain_cfg = RetrainConfig(
         data=cfg.data, method=cfg.method, shots=cfg.shots, seed=cfg.seed, backbone=cfg.backbone, pretrained=cfg.pretrained,
         output_dir=out / "retrain", progress=cfg.progress, model_name=cfg.model_name,
+        budget_minutes=cfg.budget_minutes, review_budget=cfg.review_budget,
     )
     result = run_retrain(retrain_cfg, tracker)
     if tracker.failure:
@@ -126,7 +129,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         for score in response.scores:
             row[model_labels.index(score.label)] = score.probability
     class_index = np.array([model_labels.index(c) for c in test.classes])
-    metrics = compute_metrics(probs, class_index[labels], model_labels)
+    metrics = compute_metrics(probs, class_index[labels], model_labels, reject_threshold=result.metrics.get("reject_threshold", 0.0))
     return DemoResult(
         retrain=result,
         tracking=tracker.report(),
@@ -140,4 +143,5 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         latency_ms_p50=float(np.percentile(latencies, 50)) if latencies else float("nan"),
         latency_ms_p99=float(np.percentile(latencies, 99)) if latencies else float("nan"),
         server_address=server.address,
+        extra={"accuracy_on_accepted": metrics["accuracy_on_accepted"]},
     )

@@ -25,23 +25,25 @@ from adapt.data import load_dataset
 from adapt.core.evaluation import choose_reject_threshold, compute_metrics, save_confusion_matrix, save_metrics
 from adapt.methods import AdaptContext
 from adapt.methods import registry
+from adapt.pipelines.review import at_threshold, save_risk_coverage
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE, TORCH_FILE, METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE = (
+MODEL_FILE, TORCH_FILE, METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE, RISK_FILE = (
     "model.onnx",
     "classifier.pt",
     "metrics.json",
     "confusion_matrix.png",
     "labels.json",
     "run.json",
+    "risk_coverage.png",
 )
 
 
 @dataclass
 class RetrainConfig:
     data: str  # folder, CSV, elpv[...], synthetic[...]
-    method: str = "linear"  # a name in adapt.methods.registry
+    method: str = registry.AUTO  # a name in adapt.methods.registry, or auto: chosen by cross-validation
     shots: int = 16  # labelled training images per class
     seed: int = 1  # few-shot draw, initialisation, training order
     val_shots: int | None = None  # validation images per class (default: same as shots, at least 2)
@@ -51,7 +53,8 @@ class RetrainConfig:
     hparams: dict[str, str] = field(default_factory=dict)  # method hyper-parameters KEY=VALUE
     descriptions: dict[str, str] = field(default_factory=dict)  # class -> prompt words (zero-shot style heads)
     device: str = "cpu"
-    review_target_accuracy: float = 0.95  # reject threshold: accepted val predictions reach this accuracy
+    target_accuracy: float = 0.95  # reject threshold: the auto-decided (accepted) parts reach this accuracy ...
+    review_budget: float = 0.5  # ... sending at most this share of parts to review (estimated on held-out few-shot images)
     reject_threshold: float | None = None  # fixed threshold instead of the chosen one
     test_fraction: float = 0.25
     resize_mode: str = "squash"  # squash | shortest (centre crop): how any image becomes the square input
@@ -62,11 +65,21 @@ class RetrainConfig:
     progress: bool = True
     use_feature_cache: bool = True
     good_label: str = ""  # anomaly methods (patchcore): the class to learn from; every other class is "defective"
+    budget_minutes: float = 3.0  # auto: time for cross-validating the candidates (the refit and evaluation come on top)
+    cv_folds: int = 4  # auto: k of the repeated stratified k-fold
+    cv_repeats: int = 5  # auto: most repeats (as many as the budget allows)
 
     def __post_init__(self) -> None:
-        self.method = registry.get(self.method).name
+        if self.method != registry.AUTO:
+            self.method = registry.get(self.method).name
+        elif self.hparams:
+            raise ValueError("--hp sets one method's hyper-parameters: name the --method too")
         if self.shots < 1:
             raise ValueError("shots must be >= 1")
+        if self.budget_minutes <= 0:
+            raise ValueError("--budget-minutes must be positive")
+        if not 0 <= self.review_budget <= 1 or not 0 < self.target_accuracy <= 1:
+            raise ValueError("--review-budget must be in [0, 1] and --target-accuracy in (0, 1]")
         registry.check_options(self.method, self.good_label, bool(self.unlabeled))
         self.resize_mode = ResizeMode(self.resize_mode).value  # ValueError names the bad value
         if self.output_dir is None:
@@ -143,11 +156,12 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     hooks = hooks or RunHooks()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    spec = registry.get(cfg.method)
-    method_cfg = registry.make_config(spec.name, cfg.hparams)  # bad hyper-parameters fail before any work
+    auto = cfg.method == registry.AUTO
+    spec = None if auto else registry.get(cfg.method)
+    method_cfg = None if auto else registry.make_config(spec.name, cfg.hparams)  # bad hyper-parameters fail before any work
     data = load_dataset(cfg.data, test_fraction=cfg.test_fraction, strict=cfg.strict_images)
     data = _with_extra_training_images(data, cfg.include, cfg.strict_images)
-    prepared = spec.split(data, cfg.shots, cfg.seed, cfg.val_shots, cfg.good_label)
+    prepared = (registry.auto_split if auto else spec.split)(data, cfg.shots, cfg.seed, cfg.val_shots, cfg.good_label)
     data, split = prepared.data, prepared.split
     logger.info(
         "%s: %d classes, %d train + %d val few-shot images, %d held-out test images",
@@ -158,7 +172,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     timings["load_s"] = time.perf_counter() - t0
     descriptions = {**data.descriptions, **cfg.descriptions}
     params = {
-        "method": spec.name,
+        "method": cfg.method,
         "shots": cfg.shots,
         "val_shots": len(split.val) // max(1, len(data.classes)),
         "seed": cfg.seed,
@@ -170,8 +184,9 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         "resize_mode": cfg.resize_mode,
         "classes": list(data.classes),
         "adapt_version": __version__,
-        **{f"hp.{k}": v for k, v in asdict(method_cfg).items()},
     }
+    if not auto:
+        params.update({f"hp.{k}": v for k, v in asdict(method_cfg).items()})
     unlabeled = None
     if cfg.unlabeled:
         from adapt.data.unlabeled import load_unlabeled, unlabeled_fingerprint
@@ -187,17 +202,43 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     hooks.dataset(data.name, params["dataset_fingerprint"], str(cfg.data), counts)
 
     t1 = time.perf_counter()
+    selection = None
+    if auto:
+        from adapt.methods.selection import cross_validate_methods
+
+        candidates = [(s, s.config()) for s in registry.auto_candidates(cfg.good_label)]
+        quiet = retrain_context(replace(cfg, progress=False), backbone, split, descriptions, RunHooks())
+        logger.info("auto: cross-validating %s within %.1f min", ", ".join(s.name for s, _ in candidates), cfg.budget_minutes)
+        selection = cross_validate_methods(candidates, quiet, cfg.budget_minutes * 60, cfg.cv_folds, cfg.cv_repeats, cfg.seed)
+        spec = registry.get(selection.choice)
+        method_cfg = next(c for s, c in candidates if s.name == spec.name)
+        params.update(selection.params())
+        params.update({f"hp.{k}": v for k, v in asdict(method_cfg).items()})
+        hooks.metrics(selection.metrics(), 0)
+        timings["select_s"] = time.perf_counter() - t1
+        logger.info("auto: %s (%s); refitting it on the labelled images", spec.name, selection.reason)
+    t_fit = time.perf_counter()
     fitted = spec.fit(retrain_context(cfg, backbone, split, descriptions, hooks, unlabeled), method_cfg)
+    timings["fit_s"] = time.perf_counter() - t_fit
     timings["adapt_s"] = time.perf_counter() - t1
+    for note in fitted.notes:
+        logger.warning("%s", note)
     params.update({f"chosen.{k}": v for k, v in fitted.params.items() if not isinstance(v, (list, dict))})
 
     classifier = fitted.classifier
-    val_labels = split.val.labels
+    held_probs, held_labels, source = fitted.val_probabilities, split.val.labels, f"validation split ({len(split.val)} images)"
+    oof = selection.result(spec.name).out_of_fold() if selection is not None else None
+    if oof is not None:  # every labelled image, predicted by a model that did not see it
+        held_probs, held_labels, source = oof, selection.pool.labels, f"cross-validation ({len(oof)} labelled images)"
     threshold = cfg.reject_threshold
     if threshold is None:
-        threshold = choose_reject_threshold(fitted.val_probabilities, val_labels, cfg.review_target_accuracy)
+        threshold = choose_reject_threshold(held_probs, held_labels, cfg.target_accuracy, cfg.review_budget)
     classifier.info.reject_threshold = float(threshold)
-    params["reject_threshold"] = float(threshold)
+    params.update(reject_threshold=float(threshold), review_budget=cfg.review_budget, target_accuracy=cfg.target_accuracy, threshold_estimated_on=source)
+    review = {"budget": cfg.review_budget, "target_accuracy": cfg.target_accuracy, "estimated_on": source}
+    if held_probs is not None and len(held_labels):
+        review["expected_review_rate"], review["expected_accuracy_on_accepted"] = at_threshold(held_probs, held_labels, threshold)
+        hooks.metrics({f"review/{k}": v for k, v in review.items() if k.startswith("expected_")}, 0)
 
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -216,6 +257,11 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     metrics = compute_metrics(probs, data.test.labels, data.classes, reject_threshold=threshold)
     if prepared.extra_metrics is not None:
         metrics.update(prepared.extra_metrics(probs))
+    if selection is not None:
+        metrics["selection"] = selection_record(selection)
+    if fitted.notes:
+        metrics["notes"] = list(fitted.notes)
+    metrics["review"] = review
     timings["evaluate_s"] = time.perf_counter() - t3
     timings["total_s"] = time.perf_counter() - t0
     metrics.update(
@@ -227,8 +273,30 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         title=f"{data.name} · {spec.name} · {cfg.shots}-shot · bal. acc {metrics['balanced_accuracy']:.1%}",
     )
     (out / LABELS_FILE).write_text(json.dumps(list(data.classes)))
+    curves = {"held-out test": (probs, data.test.labels)}
+    points = {"held-out test": at_threshold(probs, data.test.labels, threshold)}
+    if held_probs is not None and len(held_labels):
+        curves = {f"estimate: {source}": (held_probs, held_labels), **curves}
+        points[f"estimate: {source}"] = at_threshold(held_probs, held_labels, threshold)
+    save_risk_coverage(curves, points, out / RISK_FILE, title=f"{data.name} · {spec.name} · threshold {threshold:.2f}",
+                       budget=cfg.review_budget, target=cfg.target_accuracy)
     run_record = {"params": params, "timings": timings, "history": fitted.history}
     (out / RUN_FILE).write_text(json.dumps(run_record, indent=2, default=str))
     result = RetrainResult(out, metrics, params, model_path, out / TORCH_FILE, data.fingerprint(), timings)
     hooks.finished(result)
     return result
+
+
+def selection_record(selection) -> dict:
+    """``--method auto``'s choice and every candidate's cross-validation, for metrics.json and the summary."""
+    return {
+        "choice": selection.choice,
+        "reason": selection.reason,
+        "folds": selection.folds,
+        "repeats": selection.repeats,
+        "labelled_images": len(selection.pool),
+        "candidates": {
+            r.method: {"mean": r.mean, "std": r.std, "folds": len(r.used), "seconds": r.seconds, "skipped": r.skipped}
+            for r in selection.results
+        },
+    }

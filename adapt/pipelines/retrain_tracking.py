@@ -127,7 +127,7 @@ def log_retrain_result(
     history: list[dict] | None = None,
 ) -> TrackingOutcome:
     """Log a finished retrain into ``run`` and end it; then register it through the promotion gate."""
-    from adapt.pipelines.retrain import CM_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE
+    from adapt.pipelines.retrain import CM_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, RISK_FILE, RUN_FILE
 
     chosen_later = {k: v for k, v in result.params.items() if k not in run.logged_params}  # e.g. chosen.*, reject_threshold
     if chosen_later:
@@ -136,7 +136,7 @@ def log_retrain_result(
         run.log_metrics({ui.curve_metric(k, ui.VAL): v for k, v in entry.items() if k != "epoch"}, step=int(entry.get("epoch", i)))
     run.log_metrics({f"{ui.TIME}/{k}": v for k, v in result.timings.items()})
     out = result.output_dir
-    for name in (METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE, MODEL_FILE):
+    for name in (METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE, RISK_FILE, MODEL_FILE):
         if (out / name).is_file():
             run.log_artifact(out / name)
     run.set_tags({"adapt.output_dir": str(out.resolve()), "dataset_fingerprint": result.dataset_fingerprint,

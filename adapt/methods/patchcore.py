@@ -144,6 +144,14 @@ def patch_encoder(ctx: AdaptContext, cfg: PatchCoreConfig) -> ImageEncoder:
     return ImageEncoder(copy.deepcopy(ctx.backbone.model.visual), EncoderSpec((PATCHES,), stages + image_stages, cfg.pool))
 
 
+def score_name(cfg: PatchCoreConfig) -> str:
+    """The image score in words (metrics and the CLI say which score a model uses)."""
+    if cfg.combine == "local":
+        return f"patch (mean of the worst {cfg.top_fraction:.0%} patch distances)"
+    levels = f", levels +{','.join(map(str, cfg.image_stages))}" if cfg.image_stages else ""
+    return f"{cfg.combine}(patch, image {cfg.image_score} of {cfg.image_stats}{levels}), standardised on good validation images"
+
+
 @torch.no_grad()
 def bank_dim(encoder: ImageEncoder, n_stages: int, image_size: int) -> int:
     """Channels of the encoder's first ``n_stages`` levels in its patch features (what the memory bank holds)."""
@@ -202,11 +210,12 @@ def fit_patchcore(ctx: AdaptContext, cfg: PatchCoreConfig | None = None) -> FitR
         "stages": list(encoder.spec.stages), "pool": cfg.pool, "augment": cfg.augment, "bank_size": len(keep), "good_patches": len(patches),
         "feature_dim": int(patches.shape[1]), "grid": grid, "top_k": top_k, "threshold": head.threshold, "scale": head.scale,
         "threshold_rule": f"good_quantile_{cfg.good_quantile}" if good_only else "val_balanced_accuracy",
-        "combine": cfg.combine, "map_threshold": head.map_threshold,
+        "combine": cfg.combine, "map_threshold": head.map_threshold, "score": score_name(cfg),
     }
     if cfg.combine != "local":
         params.update(image_score=cfg.image_score, image_stats=cfg.image_stats, image_bank_size=int(head.image_bank.shape[0]),
                       image_dim=int(head.image_bank.shape[1]), score_norm=list(head.norm))
+    logger.info("patchcore: score %s, threshold %.4g (%s)", params["score"], head.threshold, params["threshold_rule"])
     ctx.report({"val_good_score_mean": float(good_scores.mean()), "threshold": head.threshold}, 0)
     info = ctx.info(Method.PATCHCORE, params)
     info.labels = [ctx.classes[0], DEFECTIVE]

@@ -226,6 +226,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         from adapt.data.anomaly import anomaly_metrics
 
         metrics["anomaly"] = anomaly_metrics(probs, anomaly.test_kinds, cfg.good_label)
+        metrics["anomaly"].update({k: fitted.params[k] for k in ("score", "threshold_rule") if k in fitted.params})  # which score, which threshold
     timings["evaluate_s"] = time.perf_counter() - t3
     timings["total_s"] = time.perf_counter() - t0
     metrics.update(

@@ -286,6 +286,8 @@ def test_retrain_on_a_folder_of_good_parts_only_says_so_and_still_exports(tmp_pa
     assert "no class besides 'ok'" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["labels"] == ["ok", DEFECTIVE] and metrics["anomaly"]["defect_recall"] == {}
+    assert metrics["anomaly"]["threshold_rule"] == "good_quantile_0.95" and "threshold: good_quantile_0.95" in printed  # says which rule
+    assert metrics["anomaly"]["score"].startswith("max(patch, image")
     assert (out / "model.onnx").is_file()
 
 

@@ -198,10 +198,11 @@ def _anomaly_lines(m: dict) -> list[str]:
     if "anomaly" not in m:
         return []
     recall = m["anomaly"].get("defect_recall") or {}
+    rule = [f"  anomaly score: {m['anomaly']['score']}; threshold: {m['anomaly']['threshold_rule']}"] if "threshold_rule" in m["anomaly"] else []
     if not recall:
-        return [f"  the data has no class besides '{m['anomaly']['good_label']}': threshold from good validation images only, "
-                "no defect recall measured (add defect images to validate)"]
-    return ["  recall per defect class: " + ", ".join(f"{k} {v:.1%}" for k, v in recall.items())]
+        return rule + [f"  the data has no class besides '{m['anomaly']['good_label']}': threshold from good validation images only, "
+                       "no defect recall measured (add defect images to validate)"]
+    return rule + ["  recall per defect class: " + ", ".join(f"{k} {v:.1%}" for k, v in recall.items())]
 
 
 def review_lines(m: dict) -> list[str]:

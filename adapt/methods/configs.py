@@ -139,7 +139,8 @@ class PatchCoreConfig:
     combine: str = hp("max", "image score: 'local' (patch score alone), or it and a Gaussian of image statistics, standardised on good validation images, by 'max' or 'sum'")
     image_score: str = hp("gaussian", "image score: Mahalanobis distance of the image statistics to the good images' mean ('gaussian') or nearest good image ('knn')")
     image_stats: str = hp("mean_std", "per-image statistics of the patch features for the Gaussian: 'mean' or 'mean_std' (mean and std over the grid)")
-    image_stages: list[int] = hp(factory=list, help="further levels whose maps feed only the image statistics (not the bank)")
+    image_stages: list[int] = hp(factory=list, help="further levels whose maps feed only the image statistics (not the bank); "
+                                 "empty = stage 3 (stride 16) of a CNN, none on a ViT; the bank's stages = none")
     threshold_rule: str = hp("auto", "'auto': best balanced accuracy on validation when it holds defects, else good_quantile; 'good_quantile': good images only")
 
     def __post_init__(self) -> None:

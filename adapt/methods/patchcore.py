@@ -106,6 +106,7 @@ def choose_threshold(scores: np.ndarray, defective: np.ndarray, good_quantile: f
 
 
 CNN_STAGES = (2,)  # stride 8 of an EfficientNet trunk (measured: experiments/anomaly/)
+CNN_IMAGE_STAGES = (3,)  # stride 16, for the image statistics only (chosen on dev folders: experiments/anomaly/)
 
 
 def fit_image_bank(stats: torch.Tensor, kind: str = "gaussian") -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +133,8 @@ def patch_stages(ctx: AdaptContext, cfg: PatchCoreConfig) -> tuple[tuple[int, ..
     if not levels:
         raise ValueError(f"patchcore needs an image tower with intermediate maps (a timm CNN or an open_clip ViT); {ctx.backbone.arch} has none")
     stages = tuple(cfg.stages) or ((levels // 2,) if is_vit(visual) else CNN_STAGES)
-    image_stages = tuple(s for s in cfg.image_stages if s not in stages) if cfg.combine != "local" else ()
+    image_stages = tuple(cfg.image_stages) or (() if is_vit(visual) else CNN_IMAGE_STAGES)
+    image_stages = tuple(s for s in image_stages if s not in stages) if cfg.combine != "local" else ()
     for name, given in (("stages", stages), ("image_stages", image_stages)):
         if any(not 0 <= s < levels for s in given):
             raise ValueError(f"--hp {name}={','.join(map(str, given))}: {ctx.backbone.arch} has levels 0-{levels - 1}")
@@ -142,6 +144,14 @@ def patch_stages(ctx: AdaptContext, cfg: PatchCoreConfig) -> tuple[tuple[int, ..
 def patch_encoder(ctx: AdaptContext, cfg: PatchCoreConfig) -> ImageEncoder:
     stages, image_stages = patch_stages(ctx, cfg)
     return ImageEncoder(copy.deepcopy(ctx.backbone.model.visual), EncoderSpec((PATCHES,), stages + image_stages, cfg.pool))
+
+
+def score_name(cfg: PatchCoreConfig, image_stages: tuple[int, ...] = ()) -> str:
+    """The image score in words (metrics and the CLI say which score a model uses)."""
+    if cfg.combine == "local":
+        return f"patch (mean of the worst {cfg.top_fraction:.0%} patch distances)"
+    levels = f" with level {','.join(map(str, image_stages))}" if image_stages else ""
+    return f"{cfg.combine}(patch, image {cfg.image_score} of {cfg.image_stats}{levels}), standardised on good validation images"
 
 
 @torch.no_grad()
@@ -202,11 +212,12 @@ def fit_patchcore(ctx: AdaptContext, cfg: PatchCoreConfig | None = None) -> FitR
         "stages": list(encoder.spec.stages), "pool": cfg.pool, "augment": cfg.augment, "bank_size": len(keep), "good_patches": len(patches),
         "feature_dim": int(patches.shape[1]), "grid": grid, "top_k": top_k, "threshold": head.threshold, "scale": head.scale,
         "threshold_rule": f"good_quantile_{cfg.good_quantile}" if good_only else "val_balanced_accuracy",
-        "combine": cfg.combine, "map_threshold": head.map_threshold,
+        "combine": cfg.combine, "map_threshold": head.map_threshold, "score": score_name(cfg, patch_stages(ctx, cfg)[1]),
     }
     if cfg.combine != "local":
         params.update(image_score=cfg.image_score, image_stats=cfg.image_stats, image_bank_size=int(head.image_bank.shape[0]),
                       image_dim=int(head.image_bank.shape[1]), score_norm=list(head.norm))
+    logger.info("patchcore: score %s, threshold %.4g (%s)", params["score"], head.threshold, params["threshold_rule"])
     ctx.report({"val_good_score_mean": float(good_scores.mean()), "threshold": head.threshold}, 0)
     info = ctx.info(Method.PATCHCORE, params)
     info.labels = [ctx.classes[0], DEFECTIVE]

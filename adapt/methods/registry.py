@@ -39,12 +39,12 @@ AUTO = "auto"  # --method auto: cross-validate the entries with auto=True, keep 
 @dataclass
 class Prepared:
     """What a method's ``split`` hook makes of the dataset: the data to evaluate on, the few-shot
-    split to fit on, params to record, and extra held-out metrics (``probs -> dict``)."""
+    split to fit on, params to record, and extra held-out metrics (``(probs, fitted params) -> dict``)."""
 
     data: DatasetSplits
     split: FewShotSplit
     params: dict = field(default_factory=dict)
-    extra_metrics: Callable[[Any], dict] | None = None
+    extra_metrics: Callable[[Any, dict], dict] | None = None
 
 
 def few_shot(data, shots: int, seed: int, val_shots: int | None, good_label: str = "") -> Prepared:
@@ -61,7 +61,10 @@ def good_versus_defective(data, shots: int, seed: int, val_shots: int | None, go
     a = anomaly_split(data, good_label, shots, seed, val_shots)
     return Prepared(
         a.data, a.split, {"good_label": good_label, "defect_classes": list(a.defect_classes)},
-        lambda probs: {"anomaly": anomaly_metrics(probs, a.test_kinds, good_label)},
+        lambda probs, params: {"anomaly": {
+            **anomaly_metrics(probs, a.test_kinds, good_label),
+            **{k: params[k] for k in ("score", "threshold_rule") if k in params},  # which score, which threshold
+        }},
     )
 
 

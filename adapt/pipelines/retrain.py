@@ -256,7 +256,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     probs = predict_onnx(model_path, data.test, meta, progress=cfg.progress)
     metrics = compute_metrics(probs, data.test.labels, data.classes, reject_threshold=threshold)
     if prepared.extra_metrics is not None:
-        metrics.update(prepared.extra_metrics(probs))
+        metrics.update(prepared.extra_metrics(probs, fitted.params))
     if selection is not None:
         metrics["selection"] = selection_record(selection)
     if fitted.notes:

@@ -32,6 +32,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 HERE = Path(__file__).resolve().parent
@@ -65,8 +66,16 @@ def main() -> int:
     p.add_argument("--model", help="exported .onnx (default: the one bench_serving.py makes and caches)")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per point")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--repeat", type=int, default=1, help="runs of the whole comparison (reported as mean ± std)")
     p.add_argument("--out", default=str(HERE), help="folder for ray_results.json / .md")
+    p.add_argument("--render", action="store_true", help="only rewrite ray_results.md from ray_results.json")
     args = p.parse_args()
+    if args.render:
+        results = json.loads((Path(args.out) / "ray_results.json").read_text())
+        for run in results["runs"]:
+            run["ratios"] = ratios(run["points"])
+        (Path(args.out) / "ray_results.md").write_text(markdown(results))
+        return 0
     if os.geteuid() == 0 and shutil.which("unshare") and os.environ.get("ADAPT_BENCH_NETNS") != "1":
         script = 'ip link set lo up && exec "$0" "$@"'
         env = {**os.environ, "ADAPT_BENCH_NETNS": "1"}
@@ -84,22 +93,25 @@ def main() -> int:
         "before": load_snapshot(),
         "network_namespace": os.environ.get("ADAPT_BENCH_NETNS") == "1",
     }
-    points = {}
+    runs = []
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         tmp = Path(tmp)
         image_list = tmp / "images.json"
         image_list.write_text(json.dumps([str(p) for p in elpv_test_images()]))
-        logger.info("adapt serve (grpc engine), %d ONNX Runtime threads", cores)
-        with bench_serving.grpc_server(model, cores, max(plan.concurrency), tmp) as (pid, address, metrics):
-            points["grpc"] = [run_point("grpc-unary", address, c, plan, image_list, pid, metrics) for c in plan.concurrency]
-        for replicas in (1, 2):
-            logger.info("Ray Serve, %d replica(s)", replicas)
-            started = time.perf_counter()
-            with ray_server(model, replicas, cores, tmp) as (pid, address):
-                facts[f"ray_{replicas}_start_s"] = round(time.perf_counter() - started, 1)
-                points[f"ray-{replicas}"] = [run_point("grpc-unary", address, c, plan, image_list, pid) for c in plan.concurrency]
+        for run in range(args.repeat):  # the three targets in turn, so drifting background load hits all of them
+            points = {}
+            logger.info("run %d/%d: adapt serve (grpc engine), %d ONNX Runtime threads", run + 1, args.repeat, cores)
+            with bench_serving.grpc_server(model, cores, max(plan.concurrency), tmp) as (pid, address, metrics):
+                points["grpc"] = [run_point("grpc-unary", address, c, plan, image_list, pid, metrics) for c in plan.concurrency]
+            for replicas in (1, 2):
+                logger.info("run %d/%d: Ray Serve, %d replica(s)", run + 1, args.repeat, replicas)
+                started = time.perf_counter()
+                with ray_server(model, replicas, cores, tmp) as (pid, address):
+                    facts.setdefault(f"ray_{replicas}_start_s", []).append(round(time.perf_counter() - started, 1))
+                    points[f"ray-{replicas}"] = [run_point("grpc-unary", address, c, plan, image_list, pid) for c in plan.concurrency]
+            runs.append({"points": points, "ratios": ratios(points)})
     facts["after"] = load_snapshot()
-    results = {"facts": facts, "points": points, "ratios": ratios(points)}
+    results = {"facts": facts, "runs": runs}
     out = Path(args.out)
     (out / "ray_results.json").write_text(json.dumps(results, indent=1))
     (out / "ray_results.md").write_text(markdown(results))
@@ -117,6 +129,7 @@ def ratios(points: dict) -> dict:
             out[f"{name} / grpc images/s, c={c}"] = p["images_per_s"] / b["images_per_s"]
             out[f"{name} / grpc p50, c={c}"] = p["p50_ms"] / b["p50_ms"]
             out[f"{name} / grpc p99, c={c}"] = p["p99_ms"] / b["p99_ms"]
+            out[f"{name} / grpc CPU ms per image, c={c}"] = _cpu_ms(p) / _cpu_ms(b)
     if 1 in base:
         own = base[1]["p50_ms"] - base[1]["server_p50_ms"]
         for name in ("ray-1", "ray-2"):
@@ -126,30 +139,42 @@ def ratios(points: dict) -> dict:
     return out
 
 
+def _cpu_ms(point: dict) -> float:
+    return point["server_cpu_cores"] * 1000.0 / point["images_per_s"]
+
+
+def _ms(values: list[float]) -> str:
+    mean, std = float(np.mean(values)), float(np.std(values))
+    return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
 def markdown(results: dict) -> str:
-    f = results["facts"]
+    f, runs = results["facts"], results["runs"]
     lines = [
         "# adapt serve vs Ray Serve (same model, same run)",
         "",
         f"Command: `{f['command']}`  ",
-        f"Date: {f['date']}; {f['cores']} cores; model `{Path(f['model']).name}` ({f['model']}); "
-        f"network namespace with only loopback: {f['network_namespace']}  ",
+        f"Date: {f['date']}; {f['cores']} cores; model `{f['model']}`; {len(runs)} run(s), each target once per run, "
+        f"values as mean ± std over runs; network namespace with only loopback: {f['network_namespace']}  ",
         f"Load average before: {'/'.join(f'{x:.2f}' for x in f['before']['loadavg'])}, after: "
-        f"{'/'.join(f'{x:.2f}' for x in f['after']['loadavg'])}. **The machine was shared with other jobs "
-        "(other sessions' tests and trainings) during this run**: absolute numbers are low and noisy, one run each.  ",
-        f"Ray start (local cluster + app): 1 replica {f.get('ray_1_start_s')} s, 2 replicas {f.get('ray_2_start_s')} s.",
+        f"{'/'.join(f'{x:.2f}' for x in f['after']['loadavg'])}. **The machine (2 cores) was shared with other jobs "
+        "(other sessions' tests and trainings, load average far above 2) during this run**: absolute numbers are low and noisy.  ",
+        f"Ray start (local cluster + app), s: 1 replica {f.get('ray_1_start_s')}, 2 replicas {f.get('ray_2_start_s')}.",
         "",
-        "| target | clients | images/s | p50 ms | p99 ms | server p50 ms | mean batch | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "images/s depend on how much CPU the server got from the shared machine (`server cores`: its whole",
+        "process tree, Ray's included); `CPU ms/image` (= server cores x 1000 / images/s) is the fairer comparison.",
+        "",
+        "| target | clients | images/s | p50 ms | p99 ms | server p50 ms | mean batch | server cores | CPU ms/image | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, points in results["points"].items():
-        for p in points:
-            lines.append(
-                f"| {name} | {p['concurrency']} | {p['images_per_s']:.1f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} "
-                f"| {p['server_p50_ms']:.1f} | {p['batch_size_request_mean']:.1f} | {p['errors']} |"
-            )
+    for name in runs[0]["points"]:
+        for i, first in enumerate(runs[0]["points"][name]):
+            col = [r["points"][name][i] for r in runs]
+            keys = ("images_per_s", "p50_ms", "p99_ms", "server_p50_ms", "batch_size_request_mean", "server_cpu_cores")
+            cells = [_ms([p[k] for p in col]) for k in keys] + [_ms([_cpu_ms(p) for p in col])]
+            lines.append(f"| {name} | {first['concurrency']} | " + " | ".join(cells) + f" | {sum(p['errors'] for p in col)} |")
     lines += ["", "| ratio | value |", "|---|---:|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in results["ratios"].items()]
+    lines += [f"| {k} | {_ms([r['ratios'][k] for r in runs])} |" for k in runs[0]["ratios"]]
     return "\n".join(lines) + "\n"
 
 

@@ -33,10 +33,7 @@ import math
 import torch
 from torch import nn
 
-
-COMBINE = ("local", "max", "sum")  # local = the patch score alone (PatchCore)
-IMAGE_SCORES = ("gaussian", "knn")
-IMAGE_STATS = ("mean", "mean_std")
+from adapt.core.anomaly_choices import COMBINE, IMAGE_STATS
 
 
 def image_stats(features: torch.Tensor, stats: str = "mean_std") -> torch.Tensor:

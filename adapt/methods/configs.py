@@ -164,7 +164,7 @@ class PatchCoreConfig:
             self.image_stages = [int(s) for s in self.image_stages]
         except ValueError:
             raise ValueError(f"image_stages must be integers, got {self.image_stages}") from None
-        from adapt.core.anomaly_head import COMBINE, IMAGE_SCORES, IMAGE_STATS
+        from adapt.core.anomaly_choices import COMBINE, IMAGE_SCORES, IMAGE_STATS
 
         if self.combine not in COMBINE:
             raise ValueError(f"combine must be one of {', '.join(COMBINE)}, got {self.combine!r}")

@@ -28,6 +28,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -35,6 +36,7 @@ from grpc_health.v1 import health_pb2
 from ray import serve
 from ray.serve.config import AutoscalingConfig, gRPCOptions
 
+from adapt.contract.model_uri import tracking_uri_or_default
 from services.auth import TokenAuthInterceptor, read_tokens
 from services.batching import BatchResult
 from services.feedback import FeedbackStore, RecentRequests
@@ -313,10 +315,14 @@ class InspectionDeployment:
             hosted.stop()
 
 
-def build_app(config: RayConfig):
-    """The Ray Serve application: ``Inspection`` replicas (ingress) and the one ``Feedback`` writer."""
-    cfg = config.serve
-    feedback = FeedbackWriter.bind(cfg.data_dir, int(cfg.feedback_cache_mb * 1024 * 1024))
+def build_app(config: RayConfig, feedback_node_ip: str | None = None):
+    """The Ray Serve application: ``Inspection`` replicas (ingress) and the one ``Feedback`` writer
+    (on the node with ``feedback_node_ip``, where ``--data-dir`` was meant, when given)."""
+    cfg = _absolute_paths(config.serve)
+    writer = FeedbackWriter
+    if feedback_node_ip:  # Ray gives every node a resource "node:<its ip>"
+        writer = writer.options(ray_actor_options={"num_cpus": 0, "resources": {f"node:{feedback_node_ip}": 0.001}})
+    feedback = writer.bind(cfg.data_dir, int(cfg.feedback_cache_mb * 1024 * 1024))
     # ONNX Runtime threads per replica: the CPUs it has, not the whole machine's (replicas share it)
     replica_config = replace(cfg, intra_op_threads=cfg.intra_op_threads or max(1, int(config.replica_cpus)))
     scaling = (
@@ -338,6 +344,24 @@ def build_app(config: RayConfig):
     return inspection.bind(replica_config, feedback, config.max_ongoing_requests)
 
 
+def _absolute_paths(cfg: ServeConfig) -> ServeConfig:
+    """Replicas run in other working directories (and machines): relative paths made absolute here."""
+
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    tracking = tracking_uri_or_default(cfg.tracking_uri)
+    if tracking.startswith("sqlite:///") and not tracking.startswith("sqlite:////"):
+        tracking = "sqlite:///" + absolute(tracking.removeprefix("sqlite:///"))
+    return replace(
+        cfg,
+        models=tuple(uri if uri.startswith("models:/") else absolute(uri) for uri in cfg.models),
+        data_dir=absolute(cfg.data_dir),
+        token_file=absolute(cfg.token_file) if cfg.token_file else None,
+        tracking_uri=tracking,
+    )
+
+
 class RayInspection:
     """``start()``: join or start Ray, start Serve's proxies, deploy the app; ``stop()``: undo that."""
 
@@ -357,7 +381,7 @@ class RayInspection:
                 http_options={"host": cfg.serve.host, "port": cfg.http_port},
                 grpc_options=gRPCOptions(port=cfg.serve.port, grpc_servicer_functions=list(GRPC_SERVICERS)),
             )
-            serve.run(build_app(cfg), name=APP_NAME, blocking=False)
+            serve.run(build_app(cfg, ray.util.get_node_ip_address()), name=APP_NAME, blocking=False)
         except Exception as exc:  # a replica that cannot load its model fails the deployment
             self.stop()
             raise ServeError(f"Ray Serve could not deploy the inspection service: {str(exc).strip().splitlines()[-1]}") from exc

@@ -55,6 +55,20 @@ def test_ray_options_are_checked_before_anything_starts():
 
 
 @pytest.mark.unit
+def test_paths_reach_replicas_as_absolute_paths(tmp_path, monkeypatch):
+    """Replicas run in Ray's working directories, maybe on other machines: no relative path survives."""
+    from services.ray_app import _absolute_paths
+    from services.server import ServeConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = ServeConfig(models=("m.onnx", "models:/tiny@champion"), token_file="t.txt", data_dir="fb", tracking_uri="sqlite:///r.db")
+    shipped = _absolute_paths(cfg)
+    assert shipped.models == (str(tmp_path / "m.onnx"), "models:/tiny@champion")
+    assert (shipped.token_file, shipped.data_dir) == (str(tmp_path / "t.txt"), str(tmp_path / "fb"))
+    assert shipped.tracking_uri == f"sqlite:///{tmp_path / 'r.db'}"
+
+
+@pytest.mark.unit
 def test_the_ray_app_imports_no_torch():
     code = "import sys, services.ray_app; assert 'torch' not in sys.modules and 'mlflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

@@ -114,6 +114,7 @@ def create_backbone(
             "adapt.pipelines.default_backbone.load_backbone (the CLI's --pretrained default does)"
         )
     path = Path(pretrained).expanduser()
+    cfg = tokenizer = None  # from the registered architecture, unless a checkpoint folder brings its own
     if pretrained.lower() == "none":
         model = _create(arch, None, device, precision)
         weights_id = f"random-init:{state_dict_hash(model)}"
@@ -122,10 +123,14 @@ def create_backbone(
             model = _create(arch, None, device, precision)
         net = load_imagenet_tower(model, arch)
         weights_id = f"imagenet-{net}:{imagenet.weights_digest(net)}+text:{state_dict_hash(model.transformer)}"
-    elif path.is_dir():
-        model, arch, weights_id = _create_from_dir(path, arch, device, precision)
+    elif path.is_dir() or _in_checkpoint_folder(path):
+        folder = path if path.is_dir() else path.parent
+        model, arch, weights_id, cfg = _create_from_dir(folder, arch, device, precision)
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     elif path.is_file():
-        _register_config_beside(path, arch)
+        own = path.parent / f"{arch}.json"  # a config shipped beside the weights wins over a built-in
+        if own.is_file():
+            open_clip.add_model_config(own)
         model, weights_id = _create(arch, str(path), device, precision), file_sha256(path)[:16]
     elif _looks_like_path(pretrained):
         raise BackboneError(f"pretrained weights file not found: {pretrained}")
@@ -135,14 +140,15 @@ def create_backbone(
     pp = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
     size = pp.get("size", model.visual.image_size)
     size = size[0] if isinstance(size, (tuple, list)) else size
-    cfg = open_clip.get_model_config(arch) or {}
+    if cfg is None:
+        cfg, tokenizer = open_clip.get_model_config(arch) or {}, open_clip.get_tokenizer(arch)
     cnn = imagenet_net(cfg) is not None
     return Backbone(
         model=model,
         arch=arch,
         pretrained=pretrained,
         weights_id=weights_id,
-        tokenizer=open_clip.get_tokenizer(arch),
+        tokenizer=tokenizer,
         image_size=int(size),
         mean=tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)),
@@ -206,8 +212,14 @@ def _create(arch: str, checkpoint: str | None, device, precision) -> torch.nn.Mo
         raise BackboneError(f"cannot create {arch} with {what}: {first_line(exc)}") from exc
 
 
-def _create_from_dir(path: Path, arch: str, device, precision) -> tuple[torch.nn.Module, str, str]:
-    """An open_clip folder (``open_clip_config.json`` + weights), as written by ``save_checkpoint``."""
+def _in_checkpoint_folder(path: Path) -> bool:
+    """Whether ``path`` is the weights file of an open_clip folder (``open_clip_config.json`` beside it)."""
+    return path.is_file() and path.name in (CHECKPOINT_NAME, "open_clip_model.safetensors") and (path.parent / OPEN_CLIP_CONFIG_NAME).is_file()
+
+
+def _create_from_dir(path: Path, arch: str, device, precision) -> tuple[torch.nn.Module, str, str, dict]:
+    """An open_clip folder (``open_clip_config.json`` + weights, as ``save_checkpoint`` writes it),
+    loaded with open_clip's ``local-dir:`` schema; returns (model, arch, weights id, model config)."""
     cfg_path = path / OPEN_CLIP_CONFIG_NAME
     if not cfg_path.is_file():
         raise BackboneError(f"{path} is a folder without {OPEN_CLIP_CONFIG_NAME}; pass the checkpoint file instead")
@@ -215,40 +227,13 @@ def _create_from_dir(path: Path, arch: str, device, precision) -> tuple[torch.nn
     if weights is None:
         raise BackboneError(f"no weights ({CHECKPOINT_NAME}) in {path}")
     info = json.loads(cfg_path.read_text())
-    arch = info.get("arch", arch)
-    _register_config(arch, info["model_cfg"])
-    return _create(arch, str(weights), device, precision), arch, file_sha256(weights)[:16]
-
-
-def _register_config_beside(checkpoint: Path, arch: str) -> None:
-    """Make a checkpoint's architecture known when its config ships beside it (it wins over built-ins)."""
-    own = checkpoint.parent / f"{arch}.json"
-    folder = checkpoint.parent / OPEN_CLIP_CONFIG_NAME
-    if own.is_file():
-        _register_config(arch, json.loads(own.read_text()))
-    elif folder.is_file():
-        info = json.loads(folder.read_text())
-        if info.get("arch", arch) == arch and "model_cfg" in info:
-            _register_config(arch, info["model_cfg"])
-
-
-_CONFIG_DIR: Path | None = None  # this process's configs of loaded checkpoints, registered with open_clip
-
-
-def _register_config(arch: str, model_cfg: dict) -> None:
-    """Make ``arch`` mean ``model_cfg`` for open_clip (through its public ``add_model_config``,
-    which reads files: one per architecture in a folder kept for the life of the process)."""
-    global _CONFIG_DIR
-    import atexit
-    import shutil
-    import tempfile
-
-    if _CONFIG_DIR is None:
-        _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="adapt-configs-"))
-        atexit.register(shutil.rmtree, _CONFIG_DIR, True)
-    register_builtin_configs()  # first: the checkpoint's config must win over a built-in of the same name
-    (_CONFIG_DIR / f"{arch}.json").write_text(json.dumps(model_cfg))
-    open_clip.add_model_config(_CONFIG_DIR / f"{arch}.json")  # registered after the built-ins, so it wins
+    model_cfg = info["model_cfg"]
+    force_pp = {"mean": imagenet.MEAN, "std": imagenet.STD} if imagenet_net(model_cfg) else None  # the CNN's own normalisation
+    try:
+        model = open_clip.create_model(f"local-dir:{path}", device=device, precision=precision, force_preprocess_cfg=force_pp)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise BackboneError(f"cannot create the model in {path}: {first_line(exc)}") from exc
+    return model, info.get("arch", arch), file_sha256(weights)[:16], model_cfg
 
 
 def _hub_reachable() -> bool:

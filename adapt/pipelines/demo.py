@@ -1,6 +1,6 @@
 """``adapt demo``: the whole product once, end to end, on embedded defaults.
 
-backbone (the default one, built on first use) -> few-shot adaptation on ELPV -> MLflow run +
+backbone (the default one; built first when missing, which the CLI announces) -> few-shot adaptation on ELPV -> MLflow run +
 registered version with ``champion`` -> the gRPC inspection service (in this process) serving
 ``models:/NAME@champion`` -> the inspection client classifies the held-out test images over
 gRPC -> accuracy, throughput, latency and review rate, measured on what came back.

@@ -78,6 +78,9 @@ class BestOnValidation(L.Callback):
 
     The starting point counts as epoch -1, so training that only makes things worse on
     validation leaves the network as it started (e.g. a linear-probe head before fine-tuning).
+    Not Lightning's ``EarlyStopping`` + ``ModelCheckpoint``: they rank by one metric (here it is
+    balanced accuracy, then loss), never count the starting point, and checkpoint to disk (a
+    LoRA backbone per improvement) where the few trainable tensors are kept in memory here.
     """
 
     def __init__(self, patience: int, initial_score: tuple[float, float] | None = None, initial_state=None) -> None:

@@ -254,7 +254,7 @@ def check_backbone_available(backbone: str, pretrained: str) -> dict[str, str]:
         folder = default_dir(backbone)  # resolved before the workers get their own ADAPT_CACHE_DIR
         if not (folder / CHECKPOINT_NAME).is_file():
             raise SystemExit(
-                f"the default {backbone} backbone is not cached at {folder} (build it once: `python -c \"from adapt.pipelines.default_backbone import default_checkpoint; default_checkpoint('{backbone}')\"` "
+                f"the default {backbone} backbone is not cached at {folder} (build it once: `python -c \"from adapt.pipelines.default_backbone import build_default; build_default('{backbone}')\"` "
                 f"or pass --pretrained none: a random init of the same architecture costs the same time and memory)"
             )
         env["ADAPT_DEFAULT_BACKBONE_DIR"] = str(folder)

@@ -333,3 +333,18 @@ def test_risk_coverage_curve_trades_review_for_accuracy():
     np.testing.assert_allclose(review, [0.75, 0.5, 0.25, 0.0])
     np.testing.assert_allclose(accuracy, [1.0, 1.0, 2 / 3, 0.75])
     assert at_threshold(probs, labels, 0.85) == (0.5, 1.0)
+
+
+@pytest.mark.unit
+def test_inspection_augmentation_turns_and_relights_but_keeps_the_image_format():
+    from adapt.methods.lora import AugmentedPixels, QuarterTurn
+
+    img = torch.arange(9, dtype=torch.uint8).view(1, 3, 3).repeat(3, 1, 1)
+    turns = {tuple(QuarterTurn()(img)[0].flatten().tolist()) for _ in range(40)}
+    assert len(turns) == 4 and all(sorted(t) == list(range(9)) for t in turns)  # the 4 quarter turns, pixels kept
+    torch.manual_seed(0)
+    pixels = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    ds = AugmentedPixels(pixels, torch.tensor([0, 1]), augment=True, inspection=True)
+    out, label = ds[1]
+    assert out.shape == (32, 32, 3) and out.dtype == torch.uint8 and int(label) == 1 and not torch.equal(out, pixels[1])
+    assert torch.equal(AugmentedPixels(pixels, torch.tensor([0, 1]), augment=False)[0][0], pixels[0])

@@ -73,6 +73,7 @@ class LoraConfig:
     batch_size: int = hp(16, "images per step")
     patience: int = hp(8, "epochs without a better validation score before stopping")
     augment: bool = hp(True, "random resized crop + flips on the training images")
+    inspection_augment: bool = hp(False, "also quarter turns, brightness/contrast and a light blur (surfaces without a preferred orientation)")
 
     def __post_init__(self) -> None:
         if self.head not in LORA_HEADS:

@@ -39,25 +39,31 @@ logger = logging.getLogger(__name__)
 
 
 
-class AugmentedPixels(Dataset):
-    """Few-shot training images as uint8 ``[H, W, 3]`` tensors, randomly cropped and flipped."""
+class QuarterTurn(torch.nn.Module):
+    """Rotate a square ``[C, H, W]`` image by a random multiple of 90 degrees."""
 
-    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, augment: bool) -> None:
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(img, int(torch.randint(4, ())), dims=(-2, -1))
+
+
+class AugmentedPixels(Dataset):
+    """Few-shot training images as uint8 ``[H, W, 3]`` tensors, randomly cropped and flipped; with
+    ``inspection`` also turned by quarter turns, with brightness/contrast changes and a light blur
+    (no colour changes: inspection images are often grayscale)."""
+
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, augment: bool, inspection: bool = False) -> None:
         from torchvision.transforms import v2
 
         size = pixels.shape[1]
         self.pixels, self.labels = pixels.permute(0, 3, 1, 2).contiguous(), labels
-        self.transform = (
-            v2.Compose(
-                [
-                    v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
-                    v2.RandomHorizontalFlip(),
-                    v2.RandomVerticalFlip(),
-                ]
-            )
-            if augment
-            else None
-        )
+        steps = [
+            v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+        ]
+        if inspection:
+            steps += [QuarterTurn(), v2.ColorJitter(brightness=0.2, contrast=0.2), v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.3)]
+        self.transform = v2.Compose(steps) if augment else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -150,7 +156,7 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
     y_train, y_val = labels_tensor(ctx.split.train), labels_tensor(ctx.split.val)
     result = ctx.train_net(
         net,
-        AugmentedPixels(train_px, y_train, cfg.augment),
+        AugmentedPixels(train_px, y_train, cfg.augment, cfg.inspection_augment),
         (val_px, y_val),
         TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, patience=cfg.patience),
     )

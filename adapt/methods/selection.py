@@ -10,8 +10,9 @@ same folds, so they are compared pairwise on the folds they all finished.
 
 Rule: the best mean balanced accuracy wins, unless an earlier (simpler, cheaper) candidate is
 within one standard error of the paired fold differences; then that one does. Candidates run
-repeat by repeat, cheapest first, while the time budget lasts; one that cannot finish its first
-repeat in time is left out and said so. The out-of-fold probabilities of the winner are kept: they
+repeat by repeat, cheapest first, while the time budget lasts; they are compared on the folds all
+of them finished (at least ``MIN_FOLDS``); one that cannot finish that many in time is left out
+and said so. The out-of-fold probabilities of the winner are kept: they
 estimate the reject threshold on held-out images (``adapt.core.evaluation``).
 """
 
@@ -31,6 +32,8 @@ from adapt.methods.base import AdaptContext
 from adapt.methods.registry import MethodSpec
 
 logger = logging.getLogger(__name__)
+
+MIN_FOLDS = 2  # a candidate is compared on the folds all compared candidates finished, at least this many
 
 
 @dataclass
@@ -70,7 +73,7 @@ class Selection:
     reason: str
     results: list[CVResult]
     folds: int
-    repeats: int
+    repeats: float  # folds compared / k (a fraction when a slow candidate finished part of a repeat)
     pool: ImageSet
 
     def runners_up(self) -> list[CVResult]:
@@ -83,7 +86,7 @@ class Selection:
     def params(self) -> dict:
         """What MLflow records as params: the candidates, the choice, the CV design."""
         return {"auto.choice": self.choice, "auto.candidates": ",".join(r.method for r in self.results),
-                "auto.cv": f"{self.folds}-fold x {self.repeats} repeats over {len(self.pool)} labelled images", "auto.reason": self.reason}
+                "auto.cv": f"{self.folds}-fold x {self.repeats:g} repeats over {len(self.pool)} labelled images", "auto.reason": self.reason}
 
     def metrics(self) -> dict[str, float]:
         out = {}
@@ -162,7 +165,8 @@ def cross_validate_methods(
                 continue  # no time for another whole repeat of this one
             for fit_idx, choose_idx, held in splits[r * k : (r + 1) * k]:
                 if r == 0 and res.scores and time.monotonic() + per_fold > deadline:
-                    res.skipped = f"not enough time: {len(res.scores)} of {k} folds in the budget ({per_fold:.0f} s a fold)"
+                    if len(res.scores) < MIN_FOLDS:
+                        res.skipped = f"not enough time: {len(res.scores)} of {k} folds in the budget ({per_fold:.0f} s a fold)"
                     break
                 t = time.perf_counter()
                 split = FewShotSplit(pool.subset(fit_idx), pool.subset(choose_idx), len(fit_idx) // n_classes, seed)
@@ -181,17 +185,17 @@ def cross_validate_methods(
                 res.seconds += time.perf_counter() - t
                 per_fold = res.seconds / len(res.scores)
                 logger.info("cv %s fold %d: balanced accuracy %.3f (%.1f s)", spec.name, len(res.scores), res.scores[-1], time.perf_counter() - t)
-    compared = [res for res in results if not res.skipped and len(res.scores) >= k]
     for res in results:
-        if not res.skipped and len(res.scores) < k:
+        if not res.skipped and len(res.scores) < MIN_FOLDS:
             res.skipped = f"not enough time: {len(res.scores)} of {k} folds in the budget"
+    compared = [res for res in results if not res.skipped]
     if not compared:
-        raise ValueError(f"no candidate finished {k} cross-validation folds in {budget_s:.0f} s: raise --budget-minutes or name a --method")
-    n = min(len(res.scores) // k for res in compared) * k
+        raise ValueError(f"no candidate finished {MIN_FOLDS} cross-validation folds in {budget_s:.0f} s: raise --budget-minutes or name a --method")
+    n = min(len(res.scores) for res in compared)  # the folds every compared candidate finished (the same ones: fold order is fixed)
     for res in compared:
         res.compared = n
     choice, reason = _choose(compared)
-    return Selection(choice.method, reason, results, k, n // k, pool)
+    return Selection(choice.method, reason, results, k, n / k, pool)
 
 
 def _choose(compared: list[CVResult]) -> tuple[CVResult, str]:

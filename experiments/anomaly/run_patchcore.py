@@ -51,7 +51,8 @@ def run_one(data: str, good: str, method: str, shots: int, seed: int, out_root: 
     }
     if "anomaly" in m:
         row.update(defect_recall=m["anomaly"]["defect_recall"], good_recall=m["anomaly"]["good_recall"],
-                   bank_size=result.params.get("chosen.bank_size"), threshold_rule=result.params.get("chosen.threshold_rule"))
+                   bank_size=result.params.get("chosen.bank_size"), threshold_rule=result.params.get("chosen.threshold_rule"),
+                   score=result.params.get("chosen.score"))
     else:
         row["per_class_recall"] = {c: v["recall"] for c, v in m["per_class"].items()}
     return row

@@ -18,7 +18,8 @@ quantile of the good validation scores) from ``choose_threshold``. Every number 
 product's head (``PatchCoreHead``) built as ``fit_patchcore`` builds it; features are cached per image.
 
     OMP_NUM_THREADS=1 python experiments/anomaly/texture_wide.py --data /tmp/dev_mixed --good ok --split dev --seeds 1 2 3
-    python experiments/anomaly/texture_wide.py --table experiments/anomaly/texture_wide_dev.jsonl
+    python experiments/anomaly/texture_wide.py --candidates experiments/anomaly/texture_wide_dev.jsonl
+    python experiments/anomaly/texture_wide.py --table experiments/anomaly/texture_wide_test.jsonl
 """
 
 from __future__ import annotations
@@ -133,17 +134,41 @@ def run_seed(data, feats: Features, good_label: str, shots: int, seed: int, spli
     return rows
 
 
-def table(path: Path, group: str = "data") -> str:
+CHOSEN = "max[gaussian,mean_std,s2+s3]"  # the product default, chosen on the dev rows
+
+
+def table(path: Path, new: str = CHOSEN) -> str:
+    """Per dataset: old (``local``) vs ``new`` score and the image score alone, mean ± std over seeds."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    datas = list(dict.fromkeys(r[group] for r in rows))
-    scores = list(dict.fromkeys(r["score"] for r in rows))
-    lines = ["| score | " + " | ".join(datas) + " |", "|---|" + "---|" * len(datas)]
-    for s in scores:
-        cells = []
-        for d in datas:
-            v = [r["auc"] for r in rows if r[group] == d and r["score"] == s and r["auc"] is not None]
-            cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f} ({len(v)})" if v else "-")
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+
+    def cell(d: str, score: str, key: str) -> str:
+        v = [r[key] for r in rows if r["data"] == d and r["score"] == score and r.get(key) is not None]
+        return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "-"
+
+    def kinds(d: str, score: str) -> str:
+        per = [r["kind_auc"] for r in rows if r["data"] == d and r["score"] == score]
+        names = sorted({k for p in per for k in p})
+        return ", ".join(f"{k} {np.mean([p[k] for p in per]):.2f}" for k in names)
+
+    lines = ["| data | seeds | ROC-AUC old | ROC-AUC new | image score alone | bal. acc old | bal. acc new | bal. acc new, good-only threshold | "
+             "ROC-AUC per kind, old | per kind, new |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for d in dict.fromkeys(r["data"] for r in rows):
+        n = len({r["seed"] for r in rows if r["data"] == d and r["score"] == new})
+        image = "image" + new[new.index("["):]
+        lines.append(f"| {d} | {n} | {cell(d, 'local', 'auc')} | **{cell(d, new, 'auc')}** | {cell(d, image, 'auc')} | {cell(d, 'local', 'bacc_auto')} | "
+                     f"{cell(d, new, 'bacc_auto')} | {cell(d, new, 'bacc_good')} | {kinds(d, 'local')} | {kinds(d, new)} |")
+    return "\n".join(lines)
+
+
+def candidates(path: Path) -> str:
+    """Every candidate's mean ROC-AUC per dataset (for choosing on dev rows)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    datas = list(dict.fromkeys(r["data"] for r in rows))
+    lines = ["| score | " + " | ".join(datas) + " | mean |", "|---|" + "---|" * (len(datas) + 1)]
+    for s in dict.fromkeys(r["score"] for r in rows):
+        means = [np.mean([r["auc"] for r in rows if r["data"] == d and r["score"] == s]) for d in datas]
+        n = [len([r for r in rows if r["data"] == d and r["score"] == s]) for d in datas]
+        lines.append(f"| {s} | " + " | ".join(f"{m:.3f} ({k})" for m, k in zip(means, n)) + f" | {np.mean(means):.3f} |")
     return "\n".join(lines)
 
 
@@ -156,10 +181,11 @@ def main() -> None:
     ap.add_argument("--split", choices=("dev", "test"), default="dev")
     ap.add_argument("--dev-per-class", type=int, default=32)
     ap.add_argument("--out", default="")
-    ap.add_argument("--table", metavar="JSONL")
+    ap.add_argument("--table", metavar="JSONL", help="print old vs new per dataset and exit")
+    ap.add_argument("--candidates", metavar="JSONL", help="print every candidate's mean ROC-AUC per dataset and exit")
     args = ap.parse_args()
-    if args.table:
-        print(table(Path(args.table)))
+    if args.table or args.candidates:
+        print(table(Path(args.table)) if args.table else candidates(Path(args.candidates)))
         return
     torch.set_num_threads(1)
     backbone = load_backbone("adapt-effnet-lite0", "imagenet")

@@ -90,9 +90,12 @@ def run_tags(command: str) -> dict[str, str]:
 
 
 def experiment_tags(command: str) -> dict[str, str]:
-    """Tags of an experiment adapt creates: its kind, its description and the headline saved view."""
-    view_key, view = ui.saved_view_tag()
-    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, ui.NOTE_TAG: ui.experiment_description(command), view_key: view}
+    """Tags of an experiment adapt creates: its kind, its description and (retrains) the headline saved view."""
+    tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, ui.NOTE_TAG: ui.experiment_description(command)}
+    if command == "retrain":
+        view_key, view = ui.saved_view_tag()
+        tags[view_key] = view
+    return tags
 
 
 def _experiment_id(client, name: str, tracking_uri: str, command: str = "retrain") -> str:

@@ -268,7 +268,7 @@ def test_final_mlflow_metrics_carry_the_recall_of_each_defect_class():
     from adapt.pipelines.retrain_tracking import final_metrics
 
     metrics = {"accuracy": 0.9, "n": 10, "per_class": {}, "anomaly": {"defect_recall": {"scratch": 0.5, "spot": 1.0}}}
-    assert final_metrics(metrics)["defect_recall/scratch"] == 0.5 and final_metrics(metrics)["defect_recall/spot"] == 1.0
+    assert final_metrics(metrics)["test/defect_recall/scratch"] == 0.5 and final_metrics(metrics)["test/defect_recall/spot"] == 1.0
 
 
 def test_retrain_on_a_folder_of_good_parts_only_says_so_and_still_exports(tmp_path, tiny_cnn_arch, capsys):

@@ -42,7 +42,7 @@ def final_metrics(metrics: dict) -> dict[str, float]:
                 out[ui.test_metric(f"per_class/{cls}/{k}")] = v
     for cls, recall in ((metrics.get("anomaly") or {}).get("defect_recall") or {}).items():
         out[ui.test_metric(f"defect_recall/{cls}")] = recall  # anomaly runs: recall of each original defect class
-    return out
+    return {k: round(float(v), ui.TEST_DECIMALS) for k, v in out.items() if isinstance(v, (int, float))}
 
 
 def load_retrain_result(output_dir: str | Path) -> RetrainResult:
@@ -98,7 +98,10 @@ def run_description(result: RetrainResult, decision=None) -> str:
     tags = {**{k: str(v) for k, v in result.params.items()}, **version_tags(result)}
     text = ui.model_summary(tags) + "."
     if decision is not None:
-        text += f"\n\nRegistered as **{decision.name} version {decision.version}**: {decision.summary()}."
+        why = f"{decision.alias} because {decision.reason}"
+        if not decision.moved and decision.previous:
+            why = f"{decision.alias}, version {decision.previous} stays champion because {decision.reason}"
+        text += f"\n\nRegistered as **{decision.name} version {decision.version}**: {why}."
     return text
 
 
@@ -132,9 +135,6 @@ def log_retrain_result(
     chosen_later = {k: v for k, v in result.params.items() if k not in run.logged_params}  # e.g. chosen.*, reject_threshold
     if chosen_later:
         run.log_params(chosen_later)
-    for i, entry in enumerate(history or []):
-        run.log_metrics({ui.curve_metric(k, ui.VAL): v for k, v in entry.items() if k != "epoch"}, step=int(entry.get("epoch", i)))
-    run.log_metrics({f"{ui.TIME}/{k}": v for k, v in result.timings.items()})
     out = result.output_dir
     for name in (METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE, RISK_FILE, MODEL_FILE):
         if (out / name).is_file():
@@ -146,6 +146,9 @@ def log_retrain_result(
     # the held-out metrics: the run's, and the logged model's on the dataset it was evaluated on
     dataset = (str(result.params.get("dataset") or result.metrics.get("dataset") or "data"), result.dataset_fingerprint)
     run.log_metrics(final_metrics(result.metrics), model_id=model_id, dataset=dataset if result.dataset_fingerprint else None)
+    for i, entry in enumerate(history or []):  # after the headline: the UI lists a run's metrics in the order logged
+        run.log_metrics({ui.curve_metric(k, ui.VAL): v for k, v in entry.items() if k != "epoch"}, step=int(entry.get("epoch", i)))
+    run.log_metrics({f"{ui.TIME}/{k}": v for k, v in result.timings.items()})
     run.end("FINISHED")
     outcome = TrackingOutcome(run.url, run.run_id, model_id, runs_url=run.experiment_url)
     if register:
@@ -192,6 +195,7 @@ class RetrainTracker:
         self.run: TrackedRun | None = None
         self.outcome: TrackingOutcome | None = None
         self.failure: str | None = None
+        self.search: list[dict] = []  # values a method reported while choosing on the val split, logged after the headline
 
     def started(self, params: dict) -> None:
         self.experiment = self.experiment or default_experiment("retrain", str(params.get("dataset", "data")))
@@ -211,12 +215,11 @@ class RetrainTracker:
         return [run_logger(self.run)] if self.run and not self.run.broken else []
 
     def metrics(self, values: dict[str, float], step: int) -> None:
-        if self.run is None or self.run.broken:
-            return
-        try:
-            self.run.log_metrics({ui.curve_metric(k, ui.VAL): v for k, v in values.items()}, step)
-        except TrackingError as exc:
-            self.run.mark_broken(exc)
+        """Values from loops that are not Lightning's (a hyper-parameter search on the val split: seconds,
+        not a curve to watch live); kept and logged with the results, after the held-out metrics,
+        because the UI lists a run's metrics in the order they were logged."""
+        if self.run is not None:
+            self.search.append({**values, "epoch": step})
 
     def finished(self, result: RetrainResult) -> None:
         if self.run is None:
@@ -225,7 +228,7 @@ class RetrainTracker:
         try:
             if self.run.broken:
                 raise TrackingError(f"MLflow at {self.tracking_uri} failed during training: {self.run.broken}")
-            self.outcome = log_retrain_result(self.run, result)
+            self.outcome = log_retrain_result(self.run, result, history=self.search)
         except Exception as exc:
             logger.debug("tracking failed after training", exc_info=True)
             self.run.end_quietly("FAILED")

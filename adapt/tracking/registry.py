@@ -200,7 +200,7 @@ def _mark_champion(client, name: str, version: str, status: str, previous: str |
         _describe(client, name, previous, f"**Former champion**: {replaced}")
     tags = dict(client.get_model_version(name, version).tags or {})
     score = ui.metric_value(tags, DEFAULT_PROMOTE_METRIC)
-    client.set_registered_model_tag(name, CHAMPION, f"version {version}" + (f", balanced accuracy {ui.percent(score)}" if score is not None else ""))
+    client.set_registered_model_tag(name, CHAMPION, f"version {version}" + (f", {ui.percent(score)} bal. acc." if score is not None else ""))
 
 
 def _stamp() -> str:
@@ -249,7 +249,8 @@ def gate(client, tracking_uri: str, name: str, version: str, metric: str = DEFAU
                 raise TrackingError(f"alias {alias} of '{name}' points to version {now} right after setting it to {version}")
             for key, tag in (("decision", alias), ("reason", reason), ("metric", metric), ("compared_to", current or ""),
                              ("compared_value", "" if old is None else f"{old:.4f}")):
-                client.set_model_version_tag(name, str(version), f"adapt.gate.{key}", tag)
+                if tag:  # no empty rows in the UI's tag table (the first version is compared to nothing)
+                    client.set_model_version_tag(name, str(version), f"adapt.gate.{key}", tag)
             if promote:
                 _mark_champion(client, name, str(version), f"**Champion** since {_stamp()}: {reason}.", current,
                                f"version {version} replaced it on {_stamp()} because {reason}.")

@@ -84,21 +84,24 @@ def run_tags(command: str) -> dict[str, str]:
         tags["mlflow.user"] = getpass.getuser()
     git = _git_commit()
     if git:
-        tags["mlflow.source.git.commit"] = tags["adapt.git_commit"] = git[0]
+        tags["mlflow.source.git.commit"] = git[0]  # the UI shows it beside the run's source
         tags["adapt.git_dirty"] = str(git[1]).lower()
     return tags
 
 
-def experiment_tags(name: str, command: str) -> dict[str, str]:
-    """Tags of an experiment adapt creates: its kind, its description and the headline saved view."""
-    view_key, view = ui.saved_view_tag()
-    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, ui.NOTE_TAG: ui.experiment_description(name, command), view_key: view}
+def experiment_tags(command: str) -> dict[str, str]:
+    """Tags of an experiment adapt creates: its kind, its description and (retrains) the headline saved view."""
+    tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, ui.NOTE_TAG: ui.experiment_description(command)}
+    if command == "retrain":
+        view_key, view = ui.saved_view_tag()
+        tags[view_key] = view
+    return tags
 
 
 def _experiment_id(client, name: str, tracking_uri: str, command: str = "retrain") -> str:
     from mlflow.exceptions import MlflowException
 
-    tags = experiment_tags(name, command)
+    tags = experiment_tags(command)
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = None

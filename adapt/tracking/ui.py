@@ -29,13 +29,16 @@ HEADLINE_METRIC = "balanced_accuracy"  # what the champion gate compares by defa
 # --- the experiment's saved view and the links to it
 WORKFLOW_QUERY = "workflowType=machine_learning"  # "Model training" mode of the MLflow 3 UI
 SAVED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # experiment tags the UI lists under "Views"
-SAVED_VIEW_ID, SAVED_VIEW_NAME = "headline", "Headline: held-out metrics, method, shots"
+SAVED_VIEW_ID, SAVED_VIEW_NAME = "headline", "Headline metrics"
 NOTE_TAG = "mlflow.note.content"  # description of an experiment or run (markdown) in the UI
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # read by other MLflow UIs
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # the dataset input's role, shown beside it in the UI
 
 SHOWN_METRICS = ("balanced_accuracy", "accuracy", "needs_review_rate")
 SHOWN_PARAMS = ("method", "shots", "seed")
+
+
+TEST_DECIMALS = 4  # held-out metrics are logged rounded (the UI prints floats in full); metrics.json keeps them exact
 
 
 def test_metric(name: str) -> str:
@@ -59,10 +62,13 @@ def _column(kind: str, key: str) -> str:
 def saved_view_tag(now_ms: int | None = None) -> tuple[str, str]:
     """(tag key, tag value) of the experiment's saved view with the headline columns."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    columns = [_column("metrics", test_metric(m)) for m in SHOWN_METRICS]
-    columns += [_column("params", p) for p in SHOWN_PARAMS]
-    columns += [_column("attributes", "Dataset"), _column("attributes", "Models")]
-    state = {"selectedColumns": columns}
+    metrics = [_column("metrics", test_metric(m)) for m in SHOWN_METRICS]
+    params = [_column("params", p) for p in SHOWN_PARAMS]
+    models, dataset = _column("attributes", "Models"), _column("attributes", "Dataset")
+    # the table's own column ids: the run name, then the headline, then what the run was; created/duration after
+    order = [_column("attributes", "Run Name"), *metrics, *params, models, "runDateAndNestInfo", "duration", dataset]
+    widths = {**{c: 150 for c in metrics}, metrics[0]: 190, **{c: 100 for c in params}, models: 190}
+    state = {"selectedColumns": [*metrics, *params, models, dataset], "columnOrder": order, "columnWidths": widths}
     value = json.dumps({"name": SAVED_VIEW_NAME, "createdAt": now_ms, "updatedAt": now_ms, "state": json.dumps(state)})
     return SAVED_VIEW_TAG_PREFIX + SAVED_VIEW_ID, value
 
@@ -80,19 +86,17 @@ def version_link(base: str, name: str, version: str) -> str:
     return f"{base.rstrip('/')}/#/models/{quote(name, safe='')}/versions/{version}?{WORKFLOW_QUERY}"
 
 
-def experiment_description(name: str, command: str) -> str:
-    """The experiment's description (markdown), set when adapt creates or first uses it."""
+def experiment_description(command: str) -> str:
+    """The description (markdown) of an experiment of ``adapt <command>``, set when adapt creates or first uses it."""
     if command == "pretrain":
-        return (f"**{name}**: backbone pretrainings made by `adapt pretrain`. Each run holds the loss curves "
-                f"(`train/...`) and the written checkpoint under its artifacts.")
+        return ("Backbone pretrainings (`adapt pretrain`), one run each: the loss curves (`train/...`) and the "
+                "written checkpoint in the run's artifacts (`checkpoint/`).")
     return (
-        f"**{name}**: few-shot retrains made by `adapt retrain` (one run each). The held-out test split gives "
-        f"the headline: `{test_metric(HEADLINE_METRIC)}`, which the champion gate compares. Metrics are grouped "
-        f"as `test/...` (held-out, never used for choices), `val/...` (the few-shot validation split: curves and "
-        f"the values tried), `train/...` and `time/...`.\n\n"
-        f"Columns: open **Views > {SAVED_VIEW_NAME}** above the runs table (or the link adapt prints). "
-        f"Each run's model is named `<dataset>-<method>-<shots>shot-seed<seed>`; its `model.onnx` is also in the "
-        f"run's artifacts. If this page shows traces instead of runs, switch the sidebar to **Model training**."
+        f"Headline: **`{test_metric(HEADLINE_METRIC)}`** (held-out test split); columns: **Views > {SAVED_VIEW_NAME}**.\n\n"
+        f"One run per `adapt retrain`; the champion gate compares the headline. Metric groups: `test/...` held out, never used for a choice; `val/...` the few-shot validation split "
+        f"(curves and the values tried); `train/...`; `time/...`. Each run's model is named "
+        f"`<dataset>-<method>-<shots>shot-seed<seed>` and its `model.onnx` is in the run's artifacts. If this page "
+        f"shows traces instead of runs, switch the sidebar to **Model training**."
     )
 
 

@@ -259,7 +259,7 @@ def test_module_needs_only_numpy_and_pillow():
     labelled ``--data synthetic`` source, ``source.py``, is imported on demand, not by the package)."""
     package = Path(syn.__file__).parent
     modules = sorted(p for p in package.glob("*.py") if p.name != "source.py")
-    assert {p.stem for p in modules} >= {"__init__", "noise", "surfaces", "defects", "camera", "captions", "render"}
+    assert {p.stem for p in modules} >= {"__init__", "noise", "surfaces", "defects", "camera", "wording", "render"}
     roots = set()
     for path in modules:
         tree = ast.parse(path.read_text())

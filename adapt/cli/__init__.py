@@ -78,7 +78,9 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     for ours in ("adapt", "services"):
         logging.getLogger(ours).setLevel(level)
     if verbose < 2:
-        for noisy in NOISY:
+        # Lightning's start-up lines ("GPU available", tips) come through these loggers to a handler
+        # that Lightning attaches on import; their levels are not reset by that import.
+        for noisy in (*NOISY, "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         for handler in logging.getLogger().handlers:
             handler.addFilter(_QUIET)

@@ -109,7 +109,7 @@ def freeze_norm_stats(module: nn.Module) -> nn.Module:
     return module
 
 
-def patch_features(maps: list[torch.Tensor], pool: int) -> torch.Tensor:
+def patches_from_maps(maps: list[torch.Tensor], pool: int) -> torch.Tensor:
     """Stage maps ``[N, C_i, h_i, w_i]`` -> ``[N, h_0 * w_0, sum C_i]`` (see the module docstring)."""
     size = maps[0].shape[-2:]
     parts = []
@@ -134,12 +134,12 @@ class ImageEncoder(nn.Module):
             return F.normalize(self.visual(x), dim=-1)
         if self.spec.parts == (PATCHES,) and is_vit(self.visual):
             out = self.visual.forward_intermediates(x, indices=list(self.spec.stages), stop_early=True, intermediates_only=True)
-            return patch_features(out["image_intermediates"], self.spec.pool)
+            return patches_from_maps(out["image_intermediates"], self.spec.pool)
         trunk = self.visual.trunk
         need_embedding = EMBEDDING in self.spec.parts
         final, maps = trunk.forward_intermediates(x, indices=list(self.spec.stages), stop_early=not need_embedding)
         if self.spec.parts == (PATCHES,):
-            return patch_features(maps, self.spec.pool)
+            return patches_from_maps(maps, self.spec.pool)
         out = []
         for part in self.spec.parts:
             if part == EMBEDDING:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +71,41 @@ def _file_stamp(root: str, key: str) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-@torch.no_grad()
+def encode_batches(
+    encoder: torch.nn.Module,
+    loader: DataLoader,
+    *,
+    pixels_of: Callable = itemgetter(0),
+    mean,
+    std,
+    device: str | torch.device = "cpu",
+    l2_normalize: bool = True,
+    channels_last: bool = False,
+    progress: bool = True,
+    desc: str = "extracting features",
+) -> torch.Tensor:
+    """The one feature-extraction loop: ``loader``'s batches (``pixels_of(batch)``: uint8 pixels
+    ``[n, H, W, 3]``) -> normalised as the encoder expects -> ``encoder`` -> (L2-normalised) float32
+    features ``[N, D]`` on the CPU. tqdm wraps the loader itself (not a generator over it): that
+    draws from torch's random stream as the code before did, so what trains next gets the same numbers.
+    ``channels_last`` runs a CNN in that memory format (faster on CPUs) and puts it back after."""
+    normalize = PixelNormalizer(mean, std).to(device)
+    encoder = encoder.to(device).eval()
+    if channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    out = []
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+                x = normalize(pixels_of(batch).to(device))
+                feats = encoder(x.contiguous(memory_format=torch.channels_last) if channels_last else x).float()
+                out.append((F.normalize(feats, dim=-1) if l2_normalize else feats).cpu())
+    finally:
+        if channels_last:
+            encoder.to(memory_format=torch.contiguous_format)
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
 def encode_images(
     encoder: torch.nn.Module,
     images: ImageSet,
@@ -85,14 +121,8 @@ def encode_images(
     desc: str = "extracting features",
 ) -> torch.Tensor:
     """L2-normalised image features ``[N, D]`` (float32, on the CPU); ``encoder`` maps normalised images to features."""
-    normalize = PixelNormalizer(mean, std).to(device)
-    encoder = encoder.to(device).eval()
     loader = DataLoader(PixelDataset(images, image_size, resize_mode), batch_size=batch_size, num_workers=num_workers)
-    out = []
-    for pixels, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
-        feats = encoder(normalize(pixels.to(device)))
-        out.append(F.normalize(feats.float(), dim=-1).cpu())
-    return torch.cat(out) if out else torch.empty(0, 0)
+    return encode_batches(encoder, loader, mean=mean, std=std, device=device, progress=progress, desc=desc)
 
 
 def cached_features(backbone, images: ImageSet, spec=None, *, device="cpu", batch_size: int = 64, progress: bool = True,

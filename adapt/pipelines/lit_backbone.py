@@ -37,13 +37,13 @@ def _caption_pairs(recipe, image_size: int):
 
 
 def trunk_features(model, sources, image_size: int, mean, std, progress: bool = True, batch_size: int = 32):
-    """Pooled trunk features ``[N, C]`` of every image of ``sources`` (the locked part of LiT), and captions."""
+    """Pooled trunk features ``[N, C]`` of every image of ``sources`` (the locked part of LiT, not
+    L2-normalised), through ``adapt.core.features.encode_batches``; and the captions, in order."""
     import torch
     from torch.utils.data import DataLoader, Dataset
-    from tqdm.auto import tqdm
 
-    from adapt.core.classifier import PixelNormalizer
     from adapt.contract.imageio import to_model_pixels
+    from adapt.core.features import encode_batches
 
     class Pairs(Dataset):
         def __init__(self) -> None:
@@ -57,16 +57,16 @@ def trunk_features(model, sources, image_size: int, mean, std, progress: bool = 
             img, caption = source.get(i)
             return torch.from_numpy(to_model_pixels(img, image_size)), caption
 
-    trunk = model.visual.trunk.eval().to(memory_format=torch.channels_last)
-    normalize = PixelNormalizer(mean, std)
     loader = DataLoader(Pairs(), batch_size=batch_size, num_workers=1, collate_fn=lambda b: (torch.stack([p for p, _ in b]), [c for _, c in b]))
-    feats, captions = [], []
-    with torch.inference_mode():
-        for pixels, caps in tqdm(loader, desc="image features (locked tower)", unit="batch", disable=not progress):
-            feats.append(trunk(normalize(pixels).contiguous(memory_format=torch.channels_last)).float())
-            captions.extend(caps)
-    trunk.to(memory_format=torch.contiguous_format)
-    return torch.cat(feats), captions
+    captions = []
+
+    def pixels_of(batch):  # and keep the captions, in order
+        captions.extend(batch[1])
+        return batch[0]
+
+    feats = encode_batches(model.visual.trunk, loader, pixels_of=pixels_of, mean=mean, std=std, l2_normalize=False,
+                           channels_last=True, progress=progress, desc="image features (locked tower)")
+    return feats, captions
 
 
 def build_lit_backbone(recipe, out_dir: Path, progress: bool = True) -> Path:

@@ -11,7 +11,7 @@ from functools import partial
 import numpy as np
 
 from adapt.data.images import DatasetSplits, ImageSet
-from adapt.data.synthetic.captions import class_description
+from adapt.data.synthetic.wording import class_description
 from adapt.data.synthetic.defects import DEFECTS, GOOD
 from adapt.data.synthetic.render import render_sample
 from adapt.errors import DataError

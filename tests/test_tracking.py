@@ -158,7 +158,7 @@ def test_the_mlflow_ui_shows_headline_metrics_distinct_models_and_why_a_version_
     champion = aliases[CHAMPION]
     assert c.get_registered_model("parts").tags[CHAMPION].startswith(f"version {champion}, ")  # shown in the registry list
     described = {v: c.get_model_version("parts", v).description for v in ("1", "2")}
-    assert described[champion].startswith("**Champion** since ")
+    assert described[champion].startswith("**Champion** since ") and " because " in described[champion]
     other = "1" if champion == "2" else "2"
     if champion == "2":
         assert described["1"].startswith("**Former champion**: version 2 replaced it on ")

@@ -33,7 +33,8 @@ FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "needs_
 def final_metrics(metrics: dict) -> dict[str, float]:
     """The held-out metrics of ``metrics.json`` as flat MLflow metrics under ``test/`` (per-class ones
     as ``test/per_class/<class>/<metric>``)."""
-    out = {ui.test_metric(k): metrics[k] for k in FINAL_METRICS if isinstance(metrics.get(k), (int, float))}
+    headline_first = sorted(FINAL_METRICS, key=lambda k: k != ui.HEADLINE_METRIC)  # the UI lists them in this order
+    out = {ui.test_metric(k): metrics[k] for k in headline_first if isinstance(metrics.get(k), (int, float))}
     if isinstance(metrics.get("n"), int):
         out[ui.test_metric("images")] = metrics["n"]
     for cls, values in (metrics.get("per_class") or {}).items():

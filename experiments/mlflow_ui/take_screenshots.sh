@@ -9,13 +9,14 @@ mlflow ui --backend-store-uri "sqlite:///$store/mlflow.db" --host 127.0.0.1 --po
 server=$!
 trap 'kill $server' EXIT
 for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 2; done
-read -r exp run version < <(python - "$store" <<'PY'
+read -r exp run version challenger < <(python - "$store" <<'PY'
 import sys
 from mlflow import MlflowClient
 c = MlflowClient(f"sqlite:///{sys.argv[1]}/mlflow.db")
 exp = c.search_experiments(filter_string="name LIKE 'retrain-%'")[0]
 champion = c.get_model_version_by_alias("surface", "champion")
-print(exp.experiment_id, champion.run_id, champion.version)
+challenger = c.get_model_version_by_alias("surface", "challenger")
+print(exp.experiment_id, champion.run_id, champion.version, challenger.version)
 PY
 )
 node "$here/screenshots.js" "http://127.0.0.1:$port" "$out" \
@@ -23,4 +24,5 @@ node "$here/screenshots.js" "http://127.0.0.1:$port" "$out" \
   "2_run=#/experiments/$exp/runs/$run?workflowType=machine_learning" \
   "3_registry=#/models?workflowType=machine_learning" \
   "4_model_version=#/models/surface/versions/$version?workflowType=machine_learning" \
-  "5_plain_experiment=#/experiments/$exp"
+  "5_challenger_version=#/models/surface/versions/$challenger?workflowType=machine_learning" \
+  "6_plain_experiment=#/experiments/$exp"

@@ -140,6 +140,7 @@ def test_the_mlflow_ui_shows_headline_metrics_distinct_models_and_why_a_version_
         model = models[f"parts-{method}-4shot-seed1"]
         assert model.source_run_id == run.info.run_id
         assert model.params["method"] == method and model.params["shots"] == "4"
+        assert f"{method}, 4 shots per class" in model.tags["mlflow.note.content"]  # its description on the model page
         (headline,) = [m for m in model.metrics if m.key == "test/balanced_accuracy"]
         assert headline.value == round(expected["balanced_accuracy"], 4)  # what the runs table prints
         assert (headline.dataset_name, headline.dataset_digest) == ("parts", expected["dataset_fingerprint"])
@@ -158,7 +159,7 @@ def test_the_mlflow_ui_shows_headline_metrics_distinct_models_and_why_a_version_
     champion = aliases[CHAMPION]
     assert c.get_registered_model("parts").tags[CHAMPION].startswith(f"version {champion}, ")  # shown in the registry list
     described = {v: c.get_model_version("parts", v).description for v in ("1", "2")}
-    assert described[champion].startswith("**Champion** since ")
+    assert described[champion].startswith("**Champion** since ") and " because " in described[champion]
     other = "1" if champion == "2" else "2"
     if champion == "2":
         assert described["1"].startswith("**Former champion**: version 2 replaced it on ")

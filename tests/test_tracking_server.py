@@ -128,7 +128,7 @@ def test_retrain_logs_and_registers_on_a_tracking_server(server, trained):
     assert run.info.status == "FINISHED" and run.data.params["method"] == "coop"
     metrics = json.loads((out / "metrics.json").read_text())
     assert run.data.metrics["test/balanced_accuracy"] == pytest.approx(metrics["balanced_accuracy"], abs=5e-5)
-    assert len(c.get_metric_history(run.info.run_id, "val_balanced_accuracy")) == 3
+    assert len(c.get_metric_history(run.info.run_id, "val/balanced_accuracy")) == 3
     assert {"metrics.json", "confusion_matrix.png", "labels.json"} <= {a.path for a in c.list_artifacts(run.info.run_id)}
     assert str(c.get_registered_model("parts").aliases[CHAMPION]) == "1"
     assert c.get_model_version("parts", "1").tags["dataset_fingerprint"] == metrics["dataset_fingerprint"]

@@ -33,7 +33,8 @@ FINAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "needs_
 def final_metrics(metrics: dict) -> dict[str, float]:
     """The held-out metrics of ``metrics.json`` as flat MLflow metrics under ``test/`` (per-class ones
     as ``test/per_class/<class>/<metric>``)."""
-    out = {ui.test_metric(k): metrics[k] for k in FINAL_METRICS if isinstance(metrics.get(k), (int, float))}
+    headline_first = sorted(FINAL_METRICS, key=lambda k: k != ui.HEADLINE_METRIC)  # the UI lists them in this order
+    out = {ui.test_metric(k): metrics[k] for k in headline_first if isinstance(metrics.get(k), (int, float))}
     if isinstance(metrics.get("n"), int):
         out[ui.test_metric("images")] = metrics["n"]
     for cls, values in (metrics.get("per_class") or {}).items():
@@ -142,7 +143,8 @@ def log_retrain_result(
     run.set_tags({"adapt.output_dir": str(out.resolve()), "dataset_fingerprint": result.dataset_fingerprint,
                   ui.NOTE_TAG: run_description(result)})
     model_params = {k: v for k, v in result.params.items() if not isinstance(v, (list, dict))}
-    model_id = log_classifier_model(run, result.model_path, result.classifier_path, name=model_name_for(result.params), params=model_params)
+    model_id = log_classifier_model(run, result.model_path, result.classifier_path, name=model_name_for(result.params), params=model_params,
+                                    description=run_description(result))
     # the held-out metrics: the run's, and the logged model's on the dataset it was evaluated on
     dataset = (str(result.params.get("dataset") or result.metrics.get("dataset") or "data"), result.dataset_fingerprint)
     run.log_metrics(final_metrics(result.metrics), model_id=model_id, dataset=dataset if result.dataset_fingerprint else None)

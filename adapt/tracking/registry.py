@@ -252,7 +252,7 @@ def gate(client, tracking_uri: str, name: str, version: str, metric: str = DEFAU
                 if tag:  # no empty rows in the UI's tag table (the first version is compared to nothing)
                     client.set_model_version_tag(name, str(version), f"adapt.gate.{key}", tag)
             if promote:
-                _mark_champion(client, name, str(version), f"**Champion** since {_stamp()}: {reason}.", current,
+                _mark_champion(client, name, str(version), f"**Champion** since {_stamp()} because {reason}.", current,
                                f"version {version} replaced it on {_stamp()} because {reason}.")
             else:
                 held = f"version {current} stays champion" if current else "no champion"

@@ -263,9 +263,9 @@ def model_name_for(params: dict) -> str:
 
 
 def log_classifier_model(run: TrackedRun, onnx_path: str | Path, torch_path: str | Path | None = None,
-                         name: str = "classifier", params: dict | None = None) -> str:
+                         name: str = "classifier", params: dict | None = None, description: str = "") -> str:
     """Log the exported classifier into ``run`` as an MLflow pyfunc model called ``name`` with
-    ``params`` (what it is); returns its model id.
+    ``params`` (what it is) and ``description`` (shown on its page); returns its model id.
 
     The model directory holds ``artifacts/model.onnx`` (what the pyfunc serves and what the gRPC
     service looks for) and ``artifacts/classifier.pt`` (for ``adapt export --model models:/...``).
@@ -286,7 +286,7 @@ def log_classifier_model(run: TrackedRun, onnx_path: str | Path, torch_path: str
     client = run.client
     model_params = {str(k): _param_value(v) for k, v in (params or {}).items()}
     lm = run._call("creating the logged model", client.create_logged_model, run.experiment_id, name=name,
-                   source_run_id=run.run_id, params=model_params or None)
+                   source_run_id=run.run_id, params=model_params or None, tags={ui.NOTE_TAG: description} if description else None)
     try:
         with tempfile.TemporaryDirectory(prefix="adapt-mlflow-model-") as tmp, environ(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
             local = Path(tmp) / "model"

@@ -91,6 +91,8 @@ def experiment_description(command: str) -> str:
     if command == "pretrain":
         return ("Backbone pretrainings (`adapt pretrain`), one run each: the loss curves (`train/...`) and the "
                 "written checkpoint in the run's artifacts (`checkpoint/`).")
+    if command != "retrain":
+        return f"Runs of `{command}` (adapt's benchmarks: experiments/README.md says what each measures)."
     return (
         f"Headline: **`{test_metric(HEADLINE_METRIC)}`** (held-out test split); columns: **Views > {SAVED_VIEW_NAME}**.\n\n"
         f"One run per `adapt retrain`; the champion gate compares the headline. Metric groups: `test/...` held out, never used for a choice; `val/...` the few-shot validation split "

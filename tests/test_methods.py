@@ -310,12 +310,12 @@ def test_cross_validation_keeps_the_simpler_of_two_equal_methods_and_drops_a_use
         return FitResult(clf, params={})
 
     linear = registry.get("linear")
-    candidates = [(linear, linear.config()), (dataclasses.replace(linear, name="useless", fit=always_first_class), None),
+    candidates = [(dataclasses.replace(linear, name="useless", fit=always_first_class), None), (linear, linear.config()),
                   (dataclasses.replace(linear, name="linear-again"), linear.config())]
     sel = cross_validate_methods(candidates, dataclasses.replace(ctx, progress=False), budget_s=600, folds=4, repeats=2, seed=1)
     assert sel.folds == 4 and sel.repeats == 2 and len(sel.pool) == len(ctx.split.train) + len(ctx.split.val)
     assert sel.result("useless").mean == pytest.approx(0.5) and sel.result("linear").mean >= 0.9
-    assert sel.choice == "linear"  # linear-again scores the same on the same folds: the earlier one is kept
+    assert sel.choice == "linear" and sel.reason.startswith("beat useless")  # linear-again ties it on the same folds: kept
     assert [r.method for r in sel.runners_up()][-1] == "useless"
     oof = sel.result("linear").out_of_fold()
     assert oof.shape == (len(sel.pool), 2) and np.allclose(oof.sum(1), 1, atol=1e-5)  # every labelled image was held out

@@ -184,9 +184,9 @@ def selection_lines(m: dict) -> list[str]:
 
     def score(name: str) -> str:
         r = c[name]
-        return f"{name} {r['mean']:.1%} ± {r['std']:.1%}" if not r["skipped"] else f"{name} ({r['skipped']})"
+        return f"{name} {r['mean']:.1%} ± {r['std']:.1%} ({r['folds']} fold{'s' if r['folds'] != 1 else ''})" if not r["skipped"] else f"{name} ({r['skipped']})"
 
-    cv = f"{sel['folds']}-fold x {sel['repeats']:g} over the {sel['labelled_images']} labelled images"
+    cv = f"repeated {sel['folds']}-fold over the {sel['labelled_images']} labelled images"
     others = sorted((n for n in c if n != sel["choice"]), key=lambda n: (bool(c[n]["skipped"]), -(c[n]["mean"] or 0)))
     return [
         f"  method auto chose {sel['choice']}: {sel['reason']}",

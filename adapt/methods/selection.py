@@ -8,11 +8,11 @@ fold's training images, make its own choices (C, epochs, cache weights) on the o
 is scored on the fold's held-out images with the classifier it returns. All candidates see the
 same folds, so they are compared pairwise on the folds they all finished.
 
-Rule: the best mean balanced accuracy wins, unless an earlier (simpler, cheaper) candidate is
-within one standard error of the paired fold differences; then that one does. Candidates run
-repeat by repeat, cheapest first, while the time budget lasts; they are compared on the folds all
-of them finished (at least ``MIN_FOLDS``); one that cannot finish that many in time is left out
-and said so. The out-of-fold probabilities of the winner are kept: they
+Rule: candidates run repeat by repeat, cheapest (simplest) first, while the time budget lasts (a
+slow one may finish only part of a repeat; fold order is fixed, so any two candidates share their
+first folds). The simplest is kept unless a later one beats it by more than one standard error of
+their paired differences on the folds both finished -- on a single shared fold, by anything; the
+winner of that duel then faces the next. One that finishes no fold in time is left out and said so. The out-of-fold probabilities of the winner are kept: they
 estimate the reject threshold on held-out images (``adapt.core.evaluation``).
 """
 
@@ -33,7 +33,7 @@ from adapt.methods.registry import MethodSpec
 
 logger = logging.getLogger(__name__)
 
-MIN_FOLDS = 2  # a candidate is compared on the folds all compared candidates finished, at least this many
+MIN_FOLDS = 1  # folds a candidate must finish to be compared (with the others, on the folds both finished)
 
 
 @dataclass
@@ -46,11 +46,10 @@ class CVResult:
     oof: np.ndarray | None = None  # summed out-of-fold probabilities per pool image
     oof_count: np.ndarray | None = None
     skipped: str = ""  # why it took no part in the comparison
-    compared: int = 0  # folds used in the comparison (the ones every compared candidate finished)
 
     @property
     def used(self) -> np.ndarray:
-        return np.asarray(self.scores[: self.compared or len(self.scores)], dtype=float)
+        return np.asarray(self.scores, dtype=float)
 
     @property
     def mean(self) -> float:
@@ -86,7 +85,7 @@ class Selection:
     def params(self) -> dict:
         """What MLflow records as params: the candidates, the choice, the CV design."""
         return {"auto.choice": self.choice, "auto.candidates": ",".join(r.method for r in self.results),
-                "auto.cv": f"{self.folds}-fold x {self.repeats:g} repeats over {len(self.pool)} labelled images", "auto.reason": self.reason}
+                "auto.cv": f"repeated {self.folds}-fold over {len(self.pool)} labelled images", "auto.reason": self.reason}
 
     def metrics(self) -> dict[str, float]:
         out = {}
@@ -191,22 +190,21 @@ def cross_validate_methods(
     compared = [res for res in results if not res.skipped]
     if not compared:
         raise ValueError(f"no candidate finished {MIN_FOLDS} cross-validation folds in {budget_s:.0f} s: raise --budget-minutes or name a --method")
-    n = min(len(res.scores) for res in compared)  # the folds every compared candidate finished (the same ones: fold order is fixed)
-    for res in compared:
-        res.compared = n
     choice, reason = _choose(compared)
-    return Selection(choice.method, reason, results, k, n / k, pool)
+    return Selection(choice.method, reason, results, k, len(choice.scores) / k, pool)
 
 
 def _choose(compared: list[CVResult]) -> tuple[CVResult, str]:
-    """Best mean, unless an earlier candidate is within one standard error of it on the same folds."""
-    best = max(compared, key=lambda r: r.mean)
-    for res in compared:  # in candidate order: simplest first
-        if res is best:
-            return best, f"highest cross-validated balanced accuracy ({best.mean:.1%} over {len(best.used)} folds)"
-        diff = best.used - res.used
-        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
-        if diff.mean() <= se:
-            return res, (f"within one standard error of {best.method} ({res.mean:.1%} vs {best.mean:.1%} over {len(diff)} folds) "
-                         "and simpler")
-    return best, ""
+    """The simplest candidate first; a later one replaces it only when it is better by more than one
+    standard error of their paired differences on the folds both finished (on a single fold: better)."""
+    incumbent, reason = compared[0], f"first candidate ({compared[0].mean:.1%} over {len(compared[0].used)} folds)"
+    for res in compared[1:]:
+        n = min(len(incumbent.scores), len(res.scores))
+        diff = np.asarray(res.scores[:n]) - np.asarray(incumbent.scores[:n])
+        se = diff.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
+        if diff.mean() > se:
+            reason = f"beat {incumbent.method} by {diff.mean():.1%} (> one standard error, {se:.1%}) on the {n} folds both ran"
+            incumbent = res
+    if incumbent is compared[0] and len(compared) > 1:
+        reason = f"no other candidate beat it by more than one standard error on the same folds ({incumbent.mean:.1%} over {len(incumbent.used)} folds)"
+    return incumbent, reason

@@ -137,9 +137,19 @@ def run_seed(data, feats: Features, good_label: str, shots: int, seed: int, spli
 CHOSEN = "max[gaussian,mean_std,s2+s3]"  # the product default, chosen on the dev rows
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a results file, the first of each (data, seed, score) only (a rerun seed is not counted twice)."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            rows.setdefault((r["data"], r["seed"], r["score"]), r)
+    return list(rows.values())
+
+
 def table(path: Path, new: str = CHOSEN) -> str:
     """Per dataset: old (``local``) vs ``new`` score and the image score alone, mean ± std over seeds."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_rows(path)
 
     def cell(d: str, score: str, key: str) -> str:
         v = [r[key] for r in rows if r["data"] == d and r["score"] == score and r.get(key) is not None]
@@ -162,7 +172,7 @@ def table(path: Path, new: str = CHOSEN) -> str:
 
 def candidates(path: Path) -> str:
     """Every candidate's mean ROC-AUC per dataset (for choosing on dev rows)."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_rows(path)
     datas = list(dict.fromkeys(r["data"] for r in rows))
     lines = ["| score | " + " | ".join(datas) + " | mean |", "|---|" + "---|" * (len(datas) + 1)]
     for s in dict.fromkeys(r["score"] for r in rows):

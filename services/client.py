@@ -5,8 +5,9 @@
 ...     answer.label, answer.needs_review
 
 Calls are retried by gRPC itself (the channel's service-config ``retryPolicy``) with exponential
-backoff while the server is UNAVAILABLE (restarting, reloading behind a load balancer), within
-the call's overall timeout. ``classify_many`` uses one ClassifyStream call, which keeps the
+backoff while the server is UNAVAILABLE (restarting, reloading behind a load balancer), and
+Classify / ListModels also on INTERNAL (a Ray Serve replica that died mid-request), within the
+call's overall timeout. ``classify_many`` uses one ClassifyStream call, which keeps the
 server's pipeline full. ``wait_until_serving`` polls ``grpc.health.v1`` (for scripts that start
 a server and a client together); ``connection_problem`` turns an UNAVAILABLE error into a few
 words for the user.
@@ -66,7 +67,8 @@ class InspectionClient:
             client_cert, client_key: this client's certificate and key, for mTLS servers.
             token: bearer token sent as ``authorization: Bearer <token>``.
             timeout: deadline of each call in seconds (for ``classify_many``: per image).
-            retries: extra attempts of a call while the server is UNAVAILABLE (at most 4).
+            retries: extra attempts of a call while the server is UNAVAILABLE, or a Classify /
+                ListModels fails INTERNAL (at most 4).
             backoff: first wait between attempts in seconds; doubles each time (with jitter).
             server_name: name to check the server certificate against, when it differs from the host.
             max_message_mb: largest message this client sends.
@@ -143,7 +145,8 @@ class InspectionClient:
         """Poll the server's ``grpc.health.v1`` check until it says SERVING (``timeout=0``: ask once).
 
         Raises ``NotServing`` when ``timeout`` seconds passed without SERVING; RpcError for
-        answers other than UNAVAILABLE / DEADLINE_EXCEEDED (e.g. UNIMPLEMENTED: no health service).
+        answers other than UNAVAILABLE / DEADLINE_EXCEEDED / NOT_FOUND (e.g. UNIMPLEMENTED: no
+        health service).
         """
         health = health_pb2_grpc.HealthStub(self._channel)
         deadline = time.monotonic() + timeout
@@ -157,7 +160,11 @@ class InspectionClient:
                     return
                 problem, answered = "health: " + health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status), True
             except grpc.RpcError as err:
-                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                # NOT_FOUND: a proxy is up but the service behind it is not deployed yet (Ray Serve's
+                # "Application metadata not set"); the server itself registers the overall health
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    problem, answered = f"not deployed yet ({err.details()})", True
+                elif err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
                 if not problem or err.code() == grpc.StatusCode.UNAVAILABLE:  # keep "refused" over a late timeout
                     problem, answered = connection_problem(err), False
@@ -176,17 +183,26 @@ class InspectionClient:
         self.close()
 
 def _service_config(retries: int, backoff: float) -> str:
-    """Channel service config: retry every InspectionService call while the server is UNAVAILABLE."""
+    """Channel service config: retry every InspectionService call while the server is UNAVAILABLE,
+    and the idempotent unary calls (Classify, ListModels) on INTERNAL too: that is how Ray Serve's
+    proxy answers the requests a dying replica held ("actor died"); a retry reaches a live one."""
     if retries < 1:
         return json.dumps({"methodConfig": []})
-    policy = {
-        "maxAttempts": min(retries + 1, MAX_GRPC_ATTEMPTS),
-        "initialBackoff": f"{backoff:g}s",
-        "maxBackoff": f"{max(backoff, 2.0):g}s",
-        "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
-    }
-    return json.dumps({"methodConfig": [{"name": [{"service": SERVICE_NAME}], "retryPolicy": policy}]})
+
+    def policy(*codes: str) -> dict:
+        return {
+            "maxAttempts": min(retries + 1, MAX_GRPC_ATTEMPTS),
+            "initialBackoff": f"{backoff:g}s",
+            "maxBackoff": f"{max(backoff, 2.0):g}s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": list(codes),
+        }
+
+    idempotent = [{"service": SERVICE_NAME, "method": m} for m in ("Classify", "ListModels")]
+    return json.dumps({"methodConfig": [
+        {"name": idempotent, "retryPolicy": policy("UNAVAILABLE", "INTERNAL")},
+        {"name": [{"service": SERVICE_NAME}], "retryPolicy": policy("UNAVAILABLE")},
+    ]})
 
 
 _PROBLEMS = (  # (text in gRPC's details, lower case) -> what to tell the user

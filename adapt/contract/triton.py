@@ -25,7 +25,7 @@ from adapt.errors import AdaptError
 
 LABELS_FILE = "labels.txt"
 CONFIG_FILE = "config.pbtxt"
-MODEL_FILE = "model.onnx"
+MODEL_FILE = "model.onnx"  # Triton's default_model_filename for platform onnxruntime_onnx (its rule, not ours)
 # ONNX TensorProto element type names -> Triton model_config DataType names
 _TRITON_TYPES = {
     "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16", "UINT32": "TYPE_UINT32",

@@ -26,12 +26,12 @@ from adapt.core.evaluation import choose_reject_threshold, compute_metrics, save
 from adapt.methods import AdaptContext
 from adapt.methods import registry
 from adapt.pipelines.review import at_threshold, save_risk_coverage
+from adapt.contract.model_uri import ONNX_FILE as MODEL_FILE  # the run folder's model files are named once, in the contract
+from adapt.contract.model_uri import TORCH_FILE
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE, TORCH_FILE, METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE, RISK_FILE = (
-    "model.onnx",
-    "classifier.pt",
+METRICS_FILE, CM_FILE, LABELS_FILE, RUN_FILE, RISK_FILE = (
     "metrics.json",
     "confusion_matrix.png",
     "labels.json",

@@ -177,7 +177,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         "val_shots": len(split.val) // max(1, len(data.classes)),
         "seed": cfg.seed,
         "dataset": data.name,
-        "dataset_fingerprint": data.fingerprint(),
+        "dataset_fingerprint": data.fingerprint(),  # hashes every test image: computed once per run
         "backbone": cfg.backbone,
         "pretrained": cfg.pretrained,
         "backbone_weights": backbone.weights_id,
@@ -265,7 +265,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     timings["evaluate_s"] = time.perf_counter() - t3
     timings["total_s"] = time.perf_counter() - t0
     metrics.update(
-        {"dataset": data.name, "dataset_fingerprint": data.fingerprint(), "method": spec.name, "shots": cfg.shots, "seed": cfg.seed}
+        {"dataset": data.name, "dataset_fingerprint": params["dataset_fingerprint"], "method": spec.name, "shots": cfg.shots, "seed": cfg.seed}
     )
     save_metrics(metrics, out / METRICS_FILE)
     save_confusion_matrix(
@@ -282,7 +282,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
                        budget=cfg.review_budget, target=cfg.target_accuracy)
     run_record = {"params": params, "timings": timings, "history": fitted.history}
     (out / RUN_FILE).write_text(json.dumps(run_record, indent=2, default=str))
-    result = RetrainResult(out, metrics, params, model_path, out / TORCH_FILE, data.fingerprint(), timings)
+    result = RetrainResult(out, metrics, params, model_path, out / TORCH_FILE, params["dataset_fingerprint"], timings)
     hooks.finished(result)
     return result
 

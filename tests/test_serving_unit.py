@@ -340,3 +340,76 @@ def test_a_restarted_store_removes_temp_files_of_interrupted_writes(tmp_path, ca
         again = FeedbackStore(tmp_path / "fb")
     assert not left.exists() and "removed 1 unfinished temp file" in caplog.text
     assert (tmp_path / "fb" / "good" / "r0.png").is_file() and again.save("r0", "good", image_bytes(10)).duplicate
+
+
+class _Flaky:
+    """A stand-in server on 127.0.0.1: Classify and SubmitFeedback fail INTERNAL ``fail_first`` times
+    (what Ray Serve's proxy answers for a replica that died mid-request), health answers NOT_FOUND
+    ``not_deployed`` times (Ray's proxy before the application is deployed), then SERVING."""
+
+    def __init__(self, fail_first: int = 1, not_deployed: int = 0):
+        from concurrent import futures
+
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from services.proto import inspection_pb2 as pb
+        from services.proto import inspection_pb2_grpc as pb_grpc
+
+        calls = self.calls = {"Classify": 0, "SubmitFeedback": 0, "Check": 0}
+
+        class Inspection(pb_grpc.InspectionServiceServicer):
+            def Classify(self, request, context):
+                calls["Classify"] += 1
+                if calls["Classify"] <= fail_first:
+                    context.abort(grpc.StatusCode.INTERNAL, "The actor died unexpectedly before finishing this task.")
+                return pb.ClassifyResponse(label="ok")
+
+            def SubmitFeedback(self, request, context):
+                calls["SubmitFeedback"] += 1
+                if calls["SubmitFeedback"] <= fail_first:
+                    context.abort(grpc.StatusCode.INTERNAL, "boom")
+                return pb.SubmitFeedbackResponse(stored_path="x")
+
+        class Health(health_pb2_grpc.HealthServicer):
+            def Check(self, request, context):
+                calls["Check"] += 1
+                if calls["Check"] <= not_deployed:
+                    context.abort(grpc.StatusCode.NOT_FOUND, "Application metadata not set.")
+                return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        pb_grpc.add_InspectionServiceServicer_to_server(Inspection(), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(Health(), self.server)
+        self.target = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.stop(grace=None)
+
+
+def test_client_retries_an_idempotent_classify_on_internal_but_not_feedback():
+    import grpc
+
+    from services.client import InspectionClient
+
+    with _Flaky(fail_first=2) as server, InspectionClient(server.target, timeout=10, backoff=0.05) as client:
+        assert client.classify(image_bytes(8)).label == "ok"
+        assert server.calls["Classify"] == 3  # two INTERNAL answers retried by the channel
+        with pytest.raises(grpc.RpcError) as err:  # storing feedback twice is not the client's call to make
+            client.submit_feedback("req-1", "ok")
+        assert err.value.code() == grpc.StatusCode.INTERNAL and server.calls["SubmitFeedback"] == 1
+
+
+def test_wait_until_serving_waits_while_the_service_is_not_deployed_yet():
+    from services.client import InspectionClient, NotServing
+
+    with _Flaky(not_deployed=3) as server, InspectionClient(server.target) as client:
+        client.wait_until_serving(10, poll_interval=0.05)
+        assert server.calls["Check"] == 4
+    with _Flaky(not_deployed=10_000) as server, InspectionClient(server.target) as client:
+        with pytest.raises(NotServing, match="not deployed yet"):
+            client.wait_until_serving(0.5, poll_interval=0.05)

@@ -260,24 +260,6 @@ def test_coop_keeps_a_trained_context_that_beat_its_initial_prompt(context):
 
 
 @pytest.mark.unit
-def test_reject_threshold_accepts_the_confident_predictions_that_reach_the_target():
-    from adapt.core.evaluation import choose_reject_threshold
-
-    top = np.array([0.99, 0.97, 0.95, 0.9, 0.8, 0.7, 0.62, 0.55])
-    probs = np.stack([top, 1 - top], axis=1)
-    labels = np.array([0, 0, 0, 0, 0, 1, 1, 0])  # the 6th and 7th most confident are wrong
-    t = choose_reject_threshold(probs, labels, target_accuracy=0.95, max_review_rate=0.5)
-    assert 0.7 < t < 0.8  # accepts the 5 right ones, sends the rest to review
-    accepted = top >= t
-    assert (probs.argmax(1)[accepted] == labels[accepted]).all() and accepted.sum() == 5
-    # the target out of reach: review stops at max_review_rate
-    t = choose_reject_threshold(probs, 1 - labels, target_accuracy=0.95, max_review_rate=0.25)
-    assert (top >= t).mean() == 0.75
-    assert choose_reject_threshold(probs, labels, target_accuracy=0.5) == 0.0  # reached with everything accepted
-    assert choose_reject_threshold(None, np.array([])) == 0.0  # no validation images: never review
-
-
-@pytest.mark.unit
 def test_the_registry_is_the_one_list_of_methods_and_their_option_rules():
     from adapt.methods import registry
 

@@ -61,7 +61,8 @@ def test_method_ends_in_the_classifier_contract(method, tower, request, tmp_path
         probs = clf(pixels)
         assert torch.allclose(clf(pixels.float()), probs)  # uint8 or float pixels
     assert probs.shape == (3, 2) and torch.allclose(probs.sum(1), torch.ones(3), atol=1e-5)
-    assert result.val_probabilities is not None and result.val_probabilities.shape == (len(ctx.split.val), 2)
+    held = len(ctx.split.val) if result.val_labels is None else len(result.val_labels)  # linear: out-of-fold over train + val
+    assert result.val_probabilities is not None and result.val_probabilities.shape == (held, 2)
 
     loaded = load_classifier(save_classifier(clf, tmp_path / "c.pt"))
     with torch.no_grad():
@@ -90,6 +91,56 @@ def test_trained_methods_separate_an_easy_task(method, context):
     with torch.no_grad():
         pred = clf(pixels).argmax(1).numpy()
     assert (pred == data.test.labels).mean() >= 0.9
+
+
+@pytest.mark.integration
+def test_linear_probe_chooses_c_by_cross_validation_over_all_labelled_images(context):
+    data, ctx = context
+    result = fit(Method.LINEAR, ctx, make_config(Method.LINEAR, {"train_views": "2"}))
+    n = len(ctx.split.train) + len(ctx.split.val)
+    assert result.params["select"] == "cv" and result.params["cv_folds"] == 8  # 4-fold x 2 over 8 + 8 images
+    # the reject threshold gets a prediction for every labelled image from a model that did not see it
+    assert result.val_labels is not None and len(result.val_labels) == n and result.val_probabilities.shape == (n, 2)
+    assert "cross-validation (16 labelled images)" == result.val_source
+    assert (result.val_probabilities.argmax(1) == result.val_labels).mean() >= 0.9  # an easy task, held out
+    old_way = fit(Method.LINEAR, ctx, make_config(Method.LINEAR, {"select": "val", "train_views": "1"}))
+    assert old_way.val_labels is None and old_way.val_probabilities.shape == (len(ctx.split.val), 2)
+    with pytest.raises(ValueError, match="select must be one of cv, val"):
+        make_config(Method.LINEAR, {"select": "test"})
+
+
+@pytest.mark.unit
+def test_dihedral_views_are_the_eight_turns_and_mirror_images():
+    from adapt.core.encoders import dihedral
+
+    x = torch.arange(9.0).view(1, 1, 3, 3)
+    views = [dihedral(x, v) for v in range(8)]
+    assert torch.equal(views[0], x) and torch.equal(views[1], torch.flip(x, dims=(3,)))
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8  # all different
+    turned = {tuple(dihedral(torch.rot90(x, 1, dims=(2, 3)), v).flatten().tolist()) for v in range(8)}
+    assert turned == {tuple(v.flatten().tolist()) for v in views}  # a turned image has the same 8 views
+    pixels = torch.arange(2 * 3 * 3 * 3).view(2, 3, 3, 3)  # [N, H, W, 3]
+    assert torch.equal(dihedral(pixels, 3, dims=(1, 2)), dihedral(pixels.permute(0, 3, 1, 2), 3).permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="0-7"):
+        dihedral(x, 8)
+
+
+@pytest.mark.integration
+def test_test_time_views_are_inside_the_exported_model_and_make_it_turn_invariant(cnn_context, tmp_path):
+    from adapt.contract.runtime import OnnxRunner
+
+    data, ctx = cnn_context
+    pixels = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    turned, mirrored = torch.rot90(pixels, 1, dims=(1, 2)), torch.flip(pixels, dims=(1,))
+    plain = fit(Method.LINEAR, ctx, make_config(Method.LINEAR, {"tta_views": "1"})).classifier.eval()
+    tta = fit(Method.LINEAR, ctx, make_config(Method.LINEAR, {"tta_views": "8"})).classifier.eval()
+    with torch.no_grad():
+        assert not torch.allclose(plain.logits(turned), plain.logits(pixels), atol=1e-4)  # a CNN alone is not turn-invariant
+        for other in (turned, mirrored):
+            assert torch.allclose(tta.logits(other), tta.logits(pixels), atol=1e-4)
+    assert load_classifier(save_classifier(tta, tmp_path / "c.pt")).encoder.spec.views == 8
+    runner = OnnxRunner(export_onnx(tta, tmp_path / "m.onnx"))  # parity checked on export
+    assert np.allclose(runner.predict(turned.numpy()), runner.predict(pixels.numpy()), atol=1e-4)
 
 
 @pytest.mark.unit

@@ -6,8 +6,8 @@ more *parts*, each L2-normalised:
 - ``embedding``: the joint image-text embedding (``model.visual(x)``), the space the text tower
   speaks (zero-shot, CoOp, text heads, Tip-Adapter's zero-shot term);
 - ``stages``: a CNN trunk's intermediate feature maps at ``stages`` (timm
-  ``forward_intermediates`` indices), each globally average-pooled and L2-normalised, then
-  concatenated. Defects are small and local; mid-level maps keep them, where the last layer
+  ``forward_intermediates`` indices), each globally average-pooled (``pooling="avg+max"``: also
+  max-pooled) and L2-normalised, then concatenated. Defects are small and local; mid-level maps keep them, where the last layer
   has pooled them into ImageNet object evidence (measured: experiments/backbone/).
 - ``patches`` (alone): the same stage maps kept spatial, for PatchCore (``adapt.core.anomaly_head``):
   each map averaged over a ``pool x pool`` neighbourhood (stride 1), resized to the grid of the
@@ -17,17 +17,34 @@ more *parts*, each L2-normalised:
 
 For the pooled ``stages`` part a ViT tower only has the embedding; asking it for ``stages`` gives
 the embedding instead, so every method works on every backbone.
+
+``views`` > 1 makes the encoder dihedral test-time augmentation: it encodes the first ``views`` of
+the 8 dihedral views of each image (``dihedral``: identity, its mirror image, then the quarter
+turns and theirs) and returns the mean feature, so a linear head on it gives the mean of the views'
+logits. It is part of the exported graph: the service sees one model, as before.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 EMBEDDING, STAGES, PATCHES = "embedding", "stages", "patches"
+DIHEDRAL_VIEWS = 8  # quarter turns x mirror
+POOLINGS = ("avg", "avg+max")  # how a ``stages`` map becomes a vector (max: a small mark on a busy surface still shows)
+
+
+def dihedral(x: torch.Tensor, view: int, dims: tuple[int, int] = (-2, -1)) -> torch.Tensor:
+    """View ``view`` (0-7) of images ``x`` over its two spatial ``dims``: ``view // 2`` quarter turns,
+    then a mirror (the last spatial dim reversed) when ``view`` is odd. 0 is the identity, 1 the mirror
+    image. ``dims=(-2, -1)`` for ``[N, C, H, W]`` tensors, ``(1, 2)`` for ``[N, H, W, 3]`` pixels."""
+    if not 0 <= view < DIHEDRAL_VIEWS:
+        raise ValueError(f"a dihedral view is 0-{DIHEDRAL_VIEWS - 1}, got {view}")
+    out = torch.rot90(x, view // 2, dims=dims) if view // 2 else x
+    return torch.flip(out, dims=(dims[1],)) if view % 2 else out
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,8 @@ class EncoderSpec:
     parts: tuple[str, ...] = (EMBEDDING,)
     stages: tuple[int, ...] = ()
     pool: int = 1  # ``patches``: local neighbourhood averaged into each patch feature
+    views: int = 1  # test-time augmentation: mean feature over the first ``views`` dihedral views
+    pooling: str = "avg"  # ``stages``: each map's global average ("avg"), or its average and its maximum ("avg+max")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parts", tuple(self.parts))
@@ -49,6 +68,12 @@ class EncoderSpec:
             raise ValueError(f"the '{self.parts[-1]}' part needs stage indices")
         if self.pool < 1 or self.pool % 2 == 0:
             raise ValueError(f"pool must be an odd number >= 1, got {self.pool}")
+        if not 1 <= self.views <= DIHEDRAL_VIEWS:
+            raise ValueError(f"views must be 1-{DIHEDRAL_VIEWS}, got {self.views}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.views > 1 and PATCHES in self.parts:
+            raise ValueError("test-time views average pooled features; 'patches' keeps the spatial map")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -59,7 +84,13 @@ class EncoderSpec:
 
     def key(self) -> str:
         pool = f":pool{self.pool}" if PATCHES in self.parts else ""
-        return f"{'+'.join(self.parts)}:{','.join(map(str, self.stages))}{pool}"
+        views = f":views{self.views}" if self.views > 1 else ""
+        pooling = f":{self.pooling}" if self.pooling != "avg" else ""
+        return f"{'+'.join(self.parts)}:{','.join(map(str, self.stages))}{pool}{views}{pooling}"
+
+    def single_view(self) -> "EncoderSpec":
+        """The same encoder without test-time views (what each view goes through)."""
+        return replace(self, views=1)
 
 
 @dataclass(frozen=True)
@@ -130,6 +161,14 @@ class ImageEncoder(nn.Module):
         self.visual, self.spec = visual, spec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.views > 1:
+            n = x.shape[0]
+            feats = self.encode(torch.cat([dihedral(x, v) for v in range(self.spec.views)]))
+            return feats.reshape(self.spec.views, n, -1).mean(dim=0)
+        return self.encode(x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The features of ``x`` itself (one view)."""
         if self.spec.parts == (EMBEDDING,):
             return F.normalize(self.visual(x), dim=-1)
         if self.spec.parts == (PATCHES,) and is_vit(self.visual):
@@ -146,6 +185,8 @@ class ImageEncoder(nn.Module):
                 out.append(F.normalize(self.visual.head(trunk.forward_head(final)), dim=-1))
             else:
                 pooled = [F.normalize(m.mean(dim=(2, 3)), dim=-1) for m in maps]
+                if self.spec.pooling == "avg+max":
+                    pooled += [F.normalize(m.amax(dim=(2, 3)), dim=-1) for m in maps]
                 out.append(F.normalize(torch.cat(pooled, dim=1), dim=-1))
         return torch.cat(out, dim=1)
 
@@ -159,6 +200,6 @@ class ImageEncoder(nn.Module):
         if EMBEDDING in self.spec.parts:
             sizes[EMBEDDING] = int(self.visual(x).shape[1])
         if STAGES in self.spec.parts:
-            sizes[STAGES] = int(ImageEncoder(self.visual, EncoderSpec((STAGES,), self.spec.stages))(x).shape[1])
+            sizes[STAGES] = int(ImageEncoder(self.visual, EncoderSpec((STAGES,), self.spec.stages, pooling=self.spec.pooling)).encode(x).shape[1])
         self.train(was_training)
         return FeatureLayout({p: sizes[p] for p in self.spec.parts})

@@ -9,7 +9,7 @@ stopping may only look at ``split.val``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 
 from adapt.core.backbone import Backbone
 from adapt.core.classifier import ClassifierInfo
-from adapt.core.encoders import ImageEncoder
+from adapt.core.encoders import EncoderSpec, ImageEncoder
 from adapt.data.fewshot import FewShotSplit
 from adapt.data.images import ImageSet
 from adapt.methods.names import Method
@@ -75,13 +75,17 @@ class AdaptContext:
     def classes(self) -> tuple[str, ...]:
         return self.split.train.classes
 
-    def encoder(self, use: str) -> ImageEncoder:
-        """A copy of the backbone's image tower that computes the features for ``use`` (see
-        ``Backbone.encoder_spec``), for a classifier to own."""
+    def spec(self, use: str, views: int = 1, pooling: str = "avg") -> EncoderSpec:
+        """The encoder for ``use`` (``Backbone.encoder_spec``) with ``views`` > 1 dihedral views
+        averaged (test-time augmentation) and its stage maps pooled by ``pooling`` (``adapt.core.encoders``)."""
+        return replace(self.backbone.encoder_spec(use), views=views, pooling=pooling)
+
+    def encoder(self, use: str, views: int = 1, pooling: str = "avg") -> ImageEncoder:
+        """A copy of the backbone's image tower that computes the features of ``spec(use, views,
+        pooling)``, for a classifier to own."""
         import copy
 
-        b = self.backbone
-        return ImageEncoder(copy.deepcopy(b.model.visual), b.encoder_spec(use))
+        return ImageEncoder(copy.deepcopy(self.backbone.model.visual), self.spec(use, views, pooling))
 
     def train_net(self, net: torch.nn.Module, train_data, val_data, cfg: TrainConfig) -> TrainResult:
         if self.train is None:
@@ -112,6 +116,8 @@ class AdaptContext:
 class FitResult:
     classifier: torch.nn.Module  # adapt.core.classifier.ImageClassifier
     params: dict  # the hyper-parameters used (chosen ones included)
-    val_probabilities: np.ndarray | None = None  # on split.val, for the reject threshold
+    val_probabilities: np.ndarray | None = None  # held-out probabilities for the reject threshold: on split.val ...
+    val_labels: np.ndarray | None = None  # ... or, when given, on images with these labels (e.g. out-of-fold over train + val)
+    val_source: str = ""  # what the held-out probabilities are, for the record ("cross-validation (64 labelled images)")
     history: list[dict] = field(default_factory=list)  # per-epoch curves, if any
     notes: list[str] = field(default_factory=list)  # what the user should know, e.g. "no fine-tuned epoch beat the start"

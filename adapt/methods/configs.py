@@ -29,14 +29,33 @@ class ZeroShotConfig:
     """Zero-shot has no hyper-parameters besides the prompts (class descriptions come from the data or the CLI)."""
 
 
+LINEAR_SELECT = ("cv", "val")
+
+
 @dataclass
 class LinearConfig:
-    c_grid: list[float] = hp(factory=lambda: np.logspace(-2, 4, 13).tolist(), help="candidate inverse regularisation strengths C, chosen on validation")
+    c_grid: list[float] = hp(factory=lambda: np.logspace(-2, 4, 13).tolist(), help="candidate inverse regularisation strengths C")
     max_iter: int = hp(2000, "L-BFGS iterations per fit")
+    select: str = hp("cv", "how C is chosen: 'cv' = repeated stratified k-fold over all labelled images (train + val), then refit "
+                     "on all of them; 'val' = fit on the training images, choose on the validation images")
+    cv_folds: int = hp(4, "select=cv: k of the k-fold")
+    cv_repeats: int = hp(2, "select=cv: repeats of the k-fold")
+    train_views: int = hp(8, "each labelled image enters the fit as this many of its dihedral views (1 = itself; 2 = + mirror; 8 = + quarter turns)")
+    tta_views: int = hp(8, "test-time augmentation inside the exported model: mean feature of this many dihedral views "
+                        "(costs as many inferences; 1 = the image alone, fastest)")
+    pooling: str = hp("avg+max", "how each stage map becomes a vector: 'avg', or 'avg+max' (its maximum too: small marks on busy surfaces)")
 
     def __post_init__(self) -> None:
         if not self.c_grid or min(self.c_grid) <= 0:
             raise ValueError("c_grid needs positive values")
+        if self.select not in LINEAR_SELECT:
+            raise ValueError(f"select must be one of {', '.join(LINEAR_SELECT)}, got {self.select!r}")
+        if self.cv_folds < 2 or self.cv_repeats < 1:
+            raise ValueError("cv_folds must be >= 2 and cv_repeats >= 1")
+        if not 1 <= self.train_views <= 8 or not 1 <= self.tta_views <= 8:
+            raise ValueError("train_views and tta_views must be 1-8 (dihedral views: quarter turns x mirror)")
+        if self.pooling not in ("avg", "avg+max"):
+            raise ValueError(f"pooling must be 'avg' or 'avg+max', got {self.pooling!r}")
 
 
 @dataclass

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from adapt.core.features import cached_features, labels_tensor
+from adapt.data.images import ImageSet
 from adapt.methods.base import AdaptContext
 from adapt.methods.prompts import text_class_embeddings
 
@@ -18,6 +19,19 @@ def frozen_features(ctx: AdaptContext, use: str = "text") -> tuple[torch.Tensor,
     train = cached_features(ctx.backbone, ctx.split.train, spec, **kw)
     val = cached_features(ctx.backbone, ctx.split.val, spec, **kw) if len(ctx.split.val) else torch.empty(0, train.shape[1])
     return train, labels_tensor(ctx.split.train), val, labels_tensor(ctx.split.val)
+
+
+def view_features(ctx: AdaptContext, images: ImageSet, use: str, views: int, pooling: str = "avg") -> np.ndarray:
+    """``[N, views, D]``: the features of the first ``views`` dihedral views of every image
+    (``adapt.core.encoders.dihedral``; view 0 is the image itself), each cached on disk."""
+    from tqdm.auto import tqdm
+
+    spec = ctx.spec(use, pooling=pooling)
+    kw = dict(device=ctx.device, progress=False, use_cache=ctx.use_feature_cache)
+    if not len(images):
+        return np.zeros((0, views, 0), np.float32)
+    bar = tqdm(range(views), desc=f"features of {len(images)} images x {views} views", unit="view", disable=not ctx.progress or views == 1, leave=False)
+    return np.stack([cached_features(ctx.backbone, images, spec, view=v, **kw).numpy() for v in bar], axis=1)
 
 
 def class_embeddings(ctx: AdaptContext) -> torch.Tensor:

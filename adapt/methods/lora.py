@@ -127,9 +127,12 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
     b = ctx.backbone
     probe = None
     if cfg.head == "linear-probe":
+        from adapt.methods.configs import LinearConfig
         from adapt.methods.linear import fit_linear
 
-        probe = fit_linear(ctx).classifier.head  # the starting head, fitted on frozen features
+        # the starting head, fitted on the training images' frozen features: the validation images
+        # must stay unseen, since fine-tuning has to beat this start on them
+        probe = fit_linear(ctx, LinearConfig(select="val", train_views=1)).classifier.head
     model = copy.deepcopy(b.model).float()
     cnn = bool(b.feature_stages)
     peft_cfg = PeftLoraConfig(

@@ -61,12 +61,17 @@ class RuntimeConfig:
 
 class OnnxRunner:
     """An exported classifier loaded in ONNX Runtime, its metadata read and its signature checked.
-    Immutable after construction; thread-safe to run."""
+    Immutable after construction; thread-safe to run.
 
-    def __init__(self, path: str | Path, runtime: RuntimeConfig = RuntimeConfig()):
+    ``output`` is what ``predict`` returns: the classifier's ``probabilities`` (the default), or
+    another output of a ``pixels``-in graph, such as the cached encoder graph's ``features``
+    (``adapt.core.graphs``), which carries no classifier metadata (``metadata`` is None)."""
+
+    def __init__(self, path: str | Path, runtime: RuntimeConfig = RuntimeConfig(), *, output: str = OUTPUT_NAME):
         import onnxruntime as ort
 
         self.path = Path(path)
+        self.output = output
         try:
             self.session = ort.InferenceSession(
                 str(self.path), runtime.session_options(), providers=list(runtime.providers) or ort_providers()
@@ -74,28 +79,28 @@ class OnnxRunner:
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ModelLoadError(f"{self.path}: cannot load ONNX model ({first_line(exc)})") from exc
         try:
-            self.metadata = read_session(self.session, str(self.path))
+            self.metadata = read_session(self.session, str(self.path)) if output == OUTPUT_NAME else None
         except MetadataError as exc:
             raise ModelLoadError(str(exc)) from exc
-        check_signature(self.session, self.metadata, self.path)
+        check_signature(self.session, self.metadata, self.path, output)
         self.providers = tuple(self.session.get_providers())
         self.has_heatmap = HEATMAP_NAME in {o.name for o in self.session.get_outputs()}
 
     @property
     def labels(self) -> list[str]:
-        return self.metadata.labels
+        return self.metadata.labels if self.metadata else []
 
     def predict(self, pixels: np.ndarray, batch_size: int = 0) -> np.ndarray:
         """``uint8[N, H, W, 3]`` -> ``float32[N, C]`` class probabilities, ``batch_size`` images per
         run when it is positive (else all at once)."""
         if len(pixels) and (batch_size <= 0 or len(pixels) <= batch_size):
-            return self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]  # the server's path: no copy
+            return self.session.run([self.output], {INPUT_NAME: pixels})[0]  # the server's path: no copy
         return self.predict_batches(pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size or 1))
 
     def predict_batches(self, batches: Iterable[np.ndarray]) -> np.ndarray:
         """The probabilities of a stream of ``uint8[n, H, W, 3]`` batches, concatenated
         (``float32[0, C]`` when there is none)."""
-        out = [self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0] for batch in batches]
+        out = [self.session.run([self.output], {INPUT_NAME: batch})[0] for batch in batches]
         return np.concatenate(out) if out else np.empty((0, len(self.labels)), dtype=np.float32)
 
     def predict_with_heatmap(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,14 +118,14 @@ class OnnxRunner:
             self.predict(np.zeros((n, size, size, 3), dtype=np.uint8))
 
 
-def check_signature(session, meta: ClassifierMetadata, path: Path) -> None:
+def check_signature(session, meta: ClassifierMetadata | None, path: Path, output: str = OUTPUT_NAME) -> None:
     """Raise ``ModelLoadError`` unless the session takes ``pixels`` uint8[N, H, W, 3] at the
-    metadata's image size and answers ``probabilities``."""
+    metadata's image size (any size without metadata) and answers ``output``."""
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
-    if set(inputs) != {INPUT_NAME} or OUTPUT_NAME not in outputs:
+    if set(inputs) != {INPUT_NAME} or output not in outputs:
         raise ModelLoadError(
-            f"{path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}', "
+            f"{path}: expected input '{INPUT_NAME}' and output '{output}', "
             f"found inputs {sorted(inputs)} and outputs {sorted(outputs)}"
         )
     pixels = inputs[INPUT_NAME]
@@ -128,8 +133,9 @@ def check_signature(session, meta: ClassifierMetadata, path: Path) -> None:
         raise ModelLoadError(
             f"{path}: input '{INPUT_NAME}' must be uint8[N, H, W, 3], found {pixels.type} {pixels.shape}"
         )
-    for dim, want in zip(pixels.shape[1:], (meta.image_size, meta.image_size, 3), strict=True):
-        if isinstance(dim, int) and dim != want:  # symbolic dims are accepted as they are
+    size = meta.image_size if meta else None
+    for dim, want in zip(pixels.shape[1:], (size, size, 3), strict=True):
+        if isinstance(dim, int) and want is not None and dim != want:  # symbolic dims are accepted as they are
             raise ModelLoadError(
                 f"{path}: input shape {pixels.shape} does not match image_size {meta.image_size} in the metadata"
             )

@@ -4,6 +4,9 @@ The graph's input is ``pixels: uint8[N, H, W, 3]`` with a dynamic batch axis; no
 inside the graph; labels, input size, resize rule, reject threshold and model identity travel
 in the model's metadata (``adapt.contract.modelmeta``). ``check_parity`` compares ONNX Runtime against
 the torch classifier on random images.
+
+The file is self-contained, composed from the classifier's encoder graph (exported once per trunk
+and cached) and its head (exported per call): ``adapt.core.graphs``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +21,14 @@ import onnx
 import torch
 
 from adapt.core.classifier import ImageClassifier
+from adapt.core.graphs import compose_classifier
 from adapt.errors import AdaptError
-from adapt.contract.modelmeta import HEATMAP_NAME, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ClassifierMetadata
+from adapt.contract.modelmeta import METADATA_KEY, ClassifierMetadata
 from adapt.contract.runtime import OnnxRunner, RuntimeConfig
 
 logger = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
-OPSET = 18
 
 
 def export_onnx(
@@ -54,29 +56,12 @@ def export_checked(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     classifier = copy.deepcopy(classifier).eval().cpu()  # the caller's model stays where it is
-    size = classifier.info.image_size
-    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)  # batch >= 2 keeps the axis dynamic
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    graph, outputs = (_WithAnomalyMap(classifier), [OUTPUT_NAME, HEATMAP_NAME]) if classifier.has_anomaly_map else (classifier, [OUTPUT_NAME])
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            graph,
-            (example,),
-            input_names=[INPUT_NAME],
-            output_names=outputs,
-            dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=4096)}},
-            opset_version=OPSET,
-            dynamo=True,
-            verbose=False,
-        )
-    program.optimize()
-    model = program.model_proto
-    metadata = classifier.info.metadata(model_name, model_version)
-    set_metadata(model, metadata)
-    onnx.save_model(model, tmp)
+    model = compose_classifier(classifier)  # the cached encoder graph + this head (adapt.core.graphs)
+    set_metadata(model, classifier.info.metadata(model_name, model_version))
     err = None
     try:
+        onnx.save_model(model, tmp)
         if check:  # on the temporary file: a graph that fails never replaces the model at ``path``
             err = check_parity(classifier, tmp)
             logger.info("exported %s (ONNX Runtime vs torch: max |dp| = %.2e)", path, err)
@@ -84,17 +69,6 @@ def export_checked(
     finally:
         tmp.unlink(missing_ok=True)
     return path, err
-
-
-class _WithAnomalyMap(torch.nn.Module):
-    """The exported forward of a classifier with an anomaly map: (probabilities, anomaly_map)."""
-
-    def __init__(self, classifier: ImageClassifier) -> None:
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.classifier.forward_with_map(pixels)
 
 
 def set_metadata(model: onnx.ModelProto, metadata: ClassifierMetadata) -> None:

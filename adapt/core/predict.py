@@ -3,37 +3,28 @@ runner the service uses (evaluation measures exactly what is served)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from adapt.data.images import ImageSet
-from adapt.errors import DataError
-from adapt.contract.imageio import ImageDecodeError, to_model_pixels
 from adapt.contract.modelmeta import ClassifierMetadata
 from adapt.contract.runtime import OnnxRunner, RuntimeConfig
+from adapt.core.decoding import pixel_batches
+from adapt.data.images import ImageSet
+from adapt.errors import DataError
 
 
 def predict_onnx(
     path: str | Path, images: ImageSet, meta: ClassifierMetadata, batch_size: int = 64, progress: bool = True, threads: int = 0
 ) -> np.ndarray:
-    """Probabilities ``[N, C]`` in the model's label order."""
+    """Probabilities ``[N, C]`` in the model's label order; images decoded in a thread pool while
+    ONNX Runtime runs the batch before (``adapt.core.decoding``)."""
     runner = OnnxRunner(path, RuntimeConfig(intra_op_threads=threads))
-
-    def batches():
-        for start in tqdm(range(0, len(images), batch_size), desc="evaluating", disable=not progress, leave=False, unit="batch"):
-            yield np.stack([_pixels(images, i, meta) for i in range(start, min(start + batch_size, len(images)))])
-
-    return runner.predict_batches(batches())
-
-
-def _pixels(images: ImageSet, i: int, meta: ClassifierMetadata) -> np.ndarray:
-    try:
-        img = images.load(i)
-    except ImageDecodeError as exc:
-        raise DataError(str(exc)) from exc
-    return to_model_pixels(img, meta.image_size, meta.resize_mode)
+    batches = pixel_batches(images, meta.image_size, meta.resize_mode, batch_size)
+    total = math.ceil(len(images) / batch_size)
+    return runner.predict_batches(tqdm(batches, total=total, desc="evaluating", disable=not progress, leave=False, unit="batch"))
 
 
 def align_labels(images: ImageSet, meta: ClassifierMetadata) -> np.ndarray:

@@ -109,6 +109,7 @@ class _Probe:
         self.rss = {}
 
     def install(self) -> None:
+        import adapt.core.classifier as classifier
         import adapt.methods.frozen as frozen
         import adapt.methods.lora as lora
         import adapt.pipelines.retrain as retrain
@@ -117,8 +118,9 @@ class _Probe:
         frozen.cached_features = self._timed(frozen.cached_features)
         lora.load_pixels = self._timed(lora.load_pixels)
         supervised.train_classifier = self._counting(supervised.train_classifier)
-        retrain.create_backbone = self._capturing(retrain.create_backbone)
-        retrain.fit = self._after(retrain.fit, "after_fit")
+        retrain.load_backbone = self._capturing(retrain.load_backbone)
+        # the method is done when the pipeline saves its classifier (imported there on call)
+        classifier.save_classifier = self._before(classifier.save_classifier, "after_fit")
 
     def _timed(self, fn):
         def wrapper(*args, **kwargs):
@@ -145,11 +147,10 @@ class _Probe:
 
         return wrapper
 
-    def _after(self, fn, label: str):
+    def _before(self, fn, label: str):
         def wrapper(*args, **kwargs):
-            out = fn(*args, **kwargs)
             self.rss[label] = peak_rss_mb()
-            return out
+            return fn(*args, **kwargs)
 
         return wrapper
 

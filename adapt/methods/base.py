@@ -70,6 +70,9 @@ class AdaptContext:
     train: TrainLoop | None = None  # the loop for methods that train (CoOp, LoRA, Tip-Adapter-F)
     on_metrics: Callable[[dict[str, float], int], None] | None = None  # curves from loops that are not ``train``
     unlabeled: ImageSet | None = None  # unlabeled images of the line (never test images), for semi-supervised methods
+    # frozen features already computed in this run, per (encoder, view, image): cross-validation fits
+    # on many subsets of the same images and computes each image's features once (shared by copies)
+    feature_memo: dict = field(default_factory=dict)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -121,3 +124,6 @@ class FitResult:
     val_source: str = ""  # what the held-out probabilities are, for the record ("cross-validation (64 labelled images)")
     history: list[dict] = field(default_factory=list)  # per-epoch curves, if any
     notes: list[str] = field(default_factory=list)  # what the user should know, e.g. "no fine-tuned epoch beat the start"
+    # probabilities of the classifier for other images the cheap way (its head on cached frozen
+    # features, as the exported graph computes them); cross-validation scores held-out images with it
+    predict: Callable[[ImageSet], np.ndarray] | None = None

@@ -31,7 +31,16 @@ def view_features(ctx: AdaptContext, images: ImageSet, use: str, views: int, poo
     if not len(images):
         return np.zeros((0, views, 0), np.float32)
     bar = tqdm(range(views), desc=f"features of {len(images)} images x {views} views", unit="view", disable=not ctx.progress or views == 1, leave=False)
-    return np.stack([cached_features(ctx.backbone, images, spec, view=v, **kw).numpy() for v in bar], axis=1)
+    memo = ctx.feature_memo
+    out = []
+    for v in bar:
+        keys = [(spec.key(), v, images.root, k) for k in images.keys]
+        missing = [i for i, key in enumerate(keys) if key not in memo]
+        if missing:
+            feats = cached_features(ctx.backbone, images.subset(missing), spec, view=v, **kw).numpy()
+            memo.update(zip((keys[i] for i in missing), feats))
+        out.append(np.stack([memo[key] for key in keys]))
+    return np.stack(out, axis=1)
 
 
 def class_embeddings(ctx: AdaptContext) -> torch.Tensor:

@@ -82,7 +82,13 @@ def fit_linear(ctx: AdaptContext, cfg: LinearConfig | None = None) -> FitResult:
     info = ctx.info(Method.LINEAR, {"C": c, **recipe})
     clf = ImageClassifier(ctx.encoder("probe", views=cfg.tta_views, pooling=cfg.pooling), head, info).eval()
     params = {"C": c, "c_grid": cfg.c_grid, **recipe, **params}
-    return FitResult(clf, params=params, val_probabilities=fitted[3], val_labels=fitted[4], val_source=fitted[5])
+
+    def predict(images) -> np.ndarray:  # the classifier's head on the cached view features: what its encoder computes
+        feats = head_inputs(view_features(ctx, images, "probe", cfg.tta_views, cfg.pooling), cfg.tta_views)
+        with torch.no_grad():
+            return torch.softmax(clf.head(torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))), dim=-1).numpy()
+
+    return FitResult(clf, params=params, val_probabilities=fitted[3], val_labels=fitted[4], val_source=fitted[5], predict=predict)
 
 
 def _rows(feats: np.ndarray, views: int) -> np.ndarray:

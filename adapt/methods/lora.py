@@ -132,7 +132,8 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
 
         # the starting head, fitted on the training images' frozen features: the validation images
         # must stay unseen, since fine-tuning has to beat this start on them
-        probe = fit_linear(ctx, LinearConfig(select="val", train_views=1)).classifier.head
+        # (on the features LoRA's network computes: the probe encoder, average-pooled, one view)
+        probe = fit_linear(ctx, LinearConfig(select="val", train_views=1, tta_views=1, pooling="avg")).classifier.head
     model = copy.deepcopy(b.model).float()
     cnn = bool(b.feature_stages)
     peft_cfg = PeftLoraConfig(

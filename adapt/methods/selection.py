@@ -174,7 +174,7 @@ def cross_validate_methods(
                 except ValueError as exc:  # e.g. a method that cannot run on this data
                     res.skipped = f"failed: {exc}"
                     break
-                probs = _probabilities(fitted.classifier, pixels[held])
+                probs = fitted.predict(pool.subset(held)) if fitted.predict is not None else _probabilities(fitted.classifier, pixels[held])
                 if probs.shape[1] != n_classes:
                     res.skipped = f"predicts {probs.shape[1]} classes, the data has {n_classes}"
                     break

@@ -218,7 +218,10 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
         timings["select_s"] = time.perf_counter() - t1
         logger.info("auto: %s (%s); refitting it on the labelled images", spec.name, selection.reason)
     t_fit = time.perf_counter()
-    fitted = spec.fit(retrain_context(cfg, backbone, split, descriptions, hooks, unlabeled), method_cfg)
+    ctx = retrain_context(cfg, backbone, split, descriptions, hooks, unlabeled)
+    if auto:
+        ctx.feature_memo = quiet.feature_memo  # the cross-validation computed these images' features already
+    fitted = spec.fit(ctx, method_cfg)
     timings["fit_s"] = time.perf_counter() - t_fit
     timings["adapt_s"] = time.perf_counter() - t1
     for note in fitted.notes:

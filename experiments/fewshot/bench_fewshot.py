@@ -38,6 +38,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 FIELDS = ["task", "backbone", "method", "shots", "seed", "accuracy", "balanced_accuracy", "macro_f1", "fit_seconds"]
 METHODS = ("zeroshot", "linear", "coop", "lora", "tip-adapter")
+# earlier defaults, kept runnable in the same harness: name -> (method, --hp overrides)
+VARIANTS = {
+    "linear-v1": ("linear", {"select": "val", "train_views": "1", "tta_views": "1", "pooling": "avg"}),  # until 2026-12-07
+    "linear-tta1": ("linear", {"tta_views": "1"}),  # today's recipe without test-time views (1 inference per image)
+}
 TASKS = {"binary": ("elpv", "elpv"), "4class": ("elpv:4class", "elpv:4class"), "mono->poly": ("elpv:mono", "elpv:poly"), "poly->mono": ("elpv:poly", "elpv:mono")}
 
 logger = logging.getLogger("bench_fewshot")
@@ -119,7 +124,7 @@ def evaluate(classifier, task: Task, backbone, method: str) -> np.ndarray:
     from adapt.core.features import cached_features
 
     with torch.no_grad():
-        if method in ("lora", "cnn"):
+        if method in ("lora", "cnn"):  # (frozen-feature methods: the head on the features their encoder computes, views included)
             px = task.test_pixels(backbone.image_size)
             out = torch.cat([classifier(px[i : i + 128]) for i in range(0, len(px), 128)])
             return (torch.softmax(out, dim=-1) if method == "cnn" else out).numpy()  # the CNN returns logits
@@ -142,7 +147,8 @@ def run_one(task: Task, bb, spec: Backbone, method: str, shots: int, seed: int) 
     else:
         ctx = AdaptContext(backbone=bb, split=split, descriptions=task.descriptions, progress=False, seed=seed,
                            train=loop(progress=False, seed=seed))
-        classifier = fit(method, ctx, make_config(method, {})).classifier
+        name, overrides = VARIANTS.get(method, (method, {}))
+        classifier = fit(name, ctx, make_config(name, overrides)).classifier
     seconds = time.perf_counter() - t0
     probs = evaluate(classifier, task, bb, method)
     m = compute_metrics(probs, task.test.labels, task.test.classes)

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 OPSET = 18
 FEATURES_NAME = "features"  # the encoder graph's output, the head graph's input
-GRAPH_FORMAT = 1  # bump when what an encoder graph computes changes without its key noticing
+GRAPH_FORMAT = 2  # bump when what an encoder graph computes changes without its key noticing
 MAX_CACHED_GRAPHS = 16  # about 18 MB each for EfficientNet-Lite0
 ENCODER_TOLERANCE = 1e-4  # max |f_onnx - f_torch| on L2-normalised features
 _BATCH = torch.export.Dim("batch", min=1, max=4096)

@@ -58,7 +58,7 @@ class Backbone:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="binary task, shots 4 and 16, seeds 1-3, the default backbone plus baselines")
-    p.add_argument("--tasks", default="binary,4class,mono->poly,poly->mono", help="comma-separated: " + ", ".join(TASKS))
+    p.add_argument("--tasks", default="binary,4class,mono->poly,poly->mono", help="comma-separated: " + ", ".join(TASKS) + ", or labelled folders")
     p.add_argument("--shots", default="1,2,4,8,16")
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--methods", default=",".join(METHODS) + ",cnn")
@@ -104,7 +104,7 @@ class Task:
     def __init__(self, name: str) -> None:
         from adapt.data import load_dataset
 
-        train_spec, test_spec = TASKS[name]
+        train_spec, test_spec = TASKS.get(name, (name, name))  # any other name: a labelled folder (its train/ and test/)
         self.name = name
         self.train_data = load_dataset(train_spec)
         self.test = load_dataset(test_spec).test

@@ -166,6 +166,6 @@ def _cross_validated(ctx: AdaptContext, feats: np.ndarray, labels: np.ndarray, c
     model = _fit(x_train, y_train, c, cfg.max_iter, ctx.seed)
     cv = {"cv_balanced_accuracy": float(res["mean_test_balanced_accuracy"][best]),
           "cv_balanced_accuracy_std": float(res["std_test_balanced_accuracy"][best]), "cv_folds": len(image_folds)}
-    logger.info("linear: C=%g by %d-fold x %d cross-validation over %d labelled images (balanced accuracy %.1f%% +- %.1f)",
+    (logger.info if ctx.progress else logger.debug)("linear: C=%g by %d-fold x %d cross-validation over %d labelled images (balanced accuracy %.1f%% +- %.1f)",
                 c, k, cfg.cv_repeats, n, 100 * cv["cv_balanced_accuracy"], 100 * cv["cv_balanced_accuracy_std"])
     return model, c, cv, oof, labels, f"cross-validation ({n} labelled images)"

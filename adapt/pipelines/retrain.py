@@ -232,8 +232,9 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     held_probs, held_labels, source = fitted.val_probabilities, split.val.labels, f"validation split ({len(split.val)} images)"
     if fitted.val_labels is not None:  # the method's own held-out predictions (e.g. out-of-fold over train + val)
         held_labels, source = fitted.val_labels, fitted.val_source or f"held-out predictions ({len(fitted.val_labels)} images)"
-    oof = selection.result(spec.name).out_of_fold() if selection is not None else None
-    if oof is not None:  # every labelled image, predicted by a model that did not see it
+    oof = selection.result(spec.name).out_of_fold() if selection is not None and fitted.val_labels is None else None
+    if oof is not None:  # every labelled image, predicted by a model that did not see it (methods with their own come first:
+        # theirs are at the final hyper-parameters, closer to the refitted model's confidence)
         held_probs, held_labels, source = oof, selection.pool.labels, f"cross-validation ({len(oof)} labelled images)"
     threshold = cfg.reject_threshold
     if threshold is None:

@@ -8,12 +8,14 @@ its RPC threads). Feature extraction (``adapt.core.features``) and evaluation
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from adapt.contract.imageio import ImageDecodeError, to_model_pixels
 from adapt.data.images import ImageSet
@@ -56,3 +58,8 @@ def pixel_batches(
             yield np.stack([f.result() for f in batch])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def with_progress(batches: Iterator[np.ndarray], n: int, batch_size: int, desc: str, progress: bool = True):
+    """``batches`` of ``n`` images behind a tqdm bar counting batches (none when ``progress`` is off)."""
+    return tqdm(batches, total=math.ceil(n / batch_size), desc=desc, disable=not progress, leave=False, unit="batch")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from collections.abc import Callable
 from operator import itemgetter
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from adapt.contract.runtime import RuntimeConfig
 from adapt.core.classifier import PixelNormalizer
-from adapt.core.decoding import model_pixels, pixel_batches
+from adapt.core.decoding import model_pixels, pixel_batches, with_progress
 from adapt.core.encoders import DIHEDRAL_VIEWS, PATCHES, EncoderSpec, ImageEncoder, dihedral
 from adapt.core.graphs import EncoderGraph, encoder_runner
 from adapt.data.images import ImageSet
@@ -50,13 +49,9 @@ class PixelDataset(Dataset):
 
 def load_pixels(images: ImageSet, image_size: int, resize_mode: str = "shortest", progress: bool = True) -> torch.Tensor:
     """All images of a (small) set as one uint8 tensor ``[N, H, W, 3]`` (decoded in a thread pool)."""
-    batches = _progress(pixel_batches(images, image_size, resize_mode), len(images), 64, "loading images", progress)
+    batches = with_progress(pixel_batches(images, image_size, resize_mode), len(images), 64, "loading images", progress)
     items = [torch.from_numpy(b) for b in batches]
     return torch.cat(items) if items else torch.empty(0, image_size, image_size, 3, dtype=torch.uint8)
-
-
-def _progress(batches, n: int, batch_size: int, desc: str, progress: bool):
-    return tqdm(batches, total=math.ceil(n / batch_size), desc=desc, disable=not progress, leave=False, unit="batch")
 
 
 def _cache_key(weights_id: str, encoder: str, image_size: int, resize_mode: str, mean, std, images: ImageSet, view: int = 0) -> str:
@@ -150,7 +145,7 @@ def onnx_features(encoder: ImageEncoder, images: ImageSet, *, image_size: int, m
         return torch.empty(0, 0)
     providers = ("CPUExecutionProvider",) if torch.device(device).type == "cpu" else ()
     runner = encoder_runner(EncoderGraph(encoder, PixelNormalizer(mean, std)), image_size, mean, std, RuntimeConfig(providers=providers))
-    batches = _progress(pixel_batches(images, image_size, resize_mode, batch_size), len(images), batch_size, "extracting features", progress)
+    batches = with_progress(pixel_batches(images, image_size, resize_mode, batch_size), len(images), batch_size, "extracting features", progress)
     feats = torch.from_numpy(runner.predict_batches(_viewed(b, view) for b in batches))
     # the torch loop (``encode_batches``) L2-normalises every feature vector, a patch map's per position
     return F.normalize(feats, dim=-1) if encoder.spec.parts == (PATCHES,) else feats

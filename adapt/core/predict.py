@@ -3,15 +3,13 @@ runner the service uses (evaluation measures exactly what is served)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from adapt.contract.modelmeta import ClassifierMetadata
 from adapt.contract.runtime import OnnxRunner, RuntimeConfig
-from adapt.core.decoding import pixel_batches
+from adapt.core.decoding import pixel_batches, with_progress
 from adapt.data.images import ImageSet
 from adapt.errors import DataError
 
@@ -23,8 +21,7 @@ def predict_onnx(
     ONNX Runtime runs the batch before (``adapt.core.decoding``)."""
     runner = OnnxRunner(path, RuntimeConfig(intra_op_threads=threads))
     batches = pixel_batches(images, meta.image_size, meta.resize_mode, batch_size)
-    total = math.ceil(len(images) / batch_size)
-    return runner.predict_batches(tqdm(batches, total=total, desc="evaluating", disable=not progress, leave=False, unit="batch"))
+    return runner.predict_batches(with_progress(batches, len(images), batch_size, "evaluating", progress))
 
 
 def align_labels(images: ImageSet, meta: ClassifierMetadata) -> np.ndarray:

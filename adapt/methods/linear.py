@@ -29,6 +29,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
+from dataclasses import dataclass, field
+
 from adapt.core.classifier import ImageClassifier, LinearHead
 from adapt.methods.base import AdaptContext, FitResult, Method
 from adapt.methods.configs import LinearConfig
@@ -75,20 +77,33 @@ def fit_linear(ctx: AdaptContext, cfg: LinearConfig | None = None) -> FitResult:
         fitted = _cross_validated(ctx, feats, labels, cfg)
     else:
         fitted = _on_validation(ctx, train, y_train, val, y_val, cfg)
-    model, c, params = fitted[:3]
-    weight, bias = logistic_weights(model, len(ctx.classes))
+    c = fitted.c
+    weight, bias = logistic_weights(fitted.model, len(ctx.classes))
     head = LinearHead(torch.from_numpy(weight), torch.from_numpy(bias))
     recipe = {"select": cfg.select, "train_views": cfg.train_views, "tta_views": cfg.tta_views, "pooling": cfg.pooling}
     info = ctx.info(Method.LINEAR, {"C": c, **recipe})
     clf = ImageClassifier(ctx.encoder("probe", views=cfg.tta_views, pooling=cfg.pooling), head, info).eval()
-    params = {"C": c, "c_grid": cfg.c_grid, **recipe, **params}
+    params = {"C": c, "c_grid": cfg.c_grid, **recipe, **fitted.params}
 
     def predict(images) -> np.ndarray:  # the classifier's head on the cached view features: what its encoder computes
         feats = head_inputs(view_features(ctx, images, "probe", cfg.tta_views, cfg.pooling), cfg.tta_views)
         with torch.no_grad():
             return torch.softmax(clf.head(torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))), dim=-1).numpy()
 
-    return FitResult(clf, params=params, val_probabilities=fitted[3], val_labels=fitted[4], val_source=fitted[5], predict=predict)
+    return FitResult(clf, params=params, val_probabilities=fitted.held_probs, val_labels=fitted.held_labels,
+                     val_source=fitted.held_source, predict=predict)
+
+
+@dataclass
+class _Chosen:
+    """A fitted probe, its C, what the choice measured, and held-out probabilities for the reject threshold."""
+
+    model: LogisticRegression
+    c: float
+    params: dict = field(default_factory=dict)
+    held_probs: np.ndarray | None = None
+    held_labels: np.ndarray | None = None  # None: the probabilities are on the validation split
+    held_source: str = ""
 
 
 def _rows(feats: np.ndarray, views: int) -> np.ndarray:
@@ -112,7 +127,7 @@ def _on_validation(ctx: AdaptContext, train, y_train, val, y_val, cfg: LinearCon
         best = ((0.0, 0.0), 1.0, _fit(x, y, 1.0, cfg.max_iter, ctx.seed))
     _, c, model = best
     probs = model.predict_proba(val_x) if len(val) else None
-    return model, c, {}, probs, None, ""
+    return _Chosen(model, c, held_probs=probs)
 
 
 def _best_index(results: dict) -> int:
@@ -131,7 +146,7 @@ def _cross_validated(ctx: AdaptContext, feats: np.ndarray, labels: np.ndarray, c
     y_train = np.repeat(labels, cfg.train_views)
     if k < 2:
         logger.warning("linear: fewer than 2 labelled images in a class, no cross-validation: using C=1.0")
-        return _fit(x_train, y_train, 1.0, cfg.max_iter, ctx.seed), 1.0, {}, None, None, ""
+        return _Chosen(_fit(x_train, y_train, 1.0, cfg.max_iter, ctx.seed), 1.0)
     # one matrix: the training rows (image i's views at i*V .. i*V+V-1), then one scoring row per image
     x = np.concatenate([x_train, head_inputs(feats, cfg.tta_views)])
     y = np.concatenate([y_train, labels])
@@ -168,4 +183,4 @@ def _cross_validated(ctx: AdaptContext, feats: np.ndarray, labels: np.ndarray, c
           "cv_balanced_accuracy_std": float(res["std_test_balanced_accuracy"][best]), "cv_folds": len(image_folds)}
     (logger.info if ctx.progress else logger.debug)("linear: C=%g by %d-fold x %d cross-validation over %d labelled images (balanced accuracy %.1f%% +- %.1f)",
                 c, k, cfg.cv_repeats, n, 100 * cv["cv_balanced_accuracy"], 100 * cv["cv_balanced_accuracy_std"])
-    return model, c, cv, oof, labels, f"cross-validation ({n} labelled images)"
+    return _Chosen(model, c, cv, oof, labels, f"cross-validation ({n} labelled images)")

@@ -54,7 +54,7 @@ def patchcore_run(spot_folder, tiny_cnn_backbone, tmp_path_factory):
     data = load_dataset(str(spot_folder))
     split = anomaly_split(data, "ok", shots=4, seed=1)
     ctx = AdaptContext(backbone=tiny_cnn_backbone, split=split.split, progress=False)
-    result = fit("patchcore", ctx, make_config("patchcore", {"pool": "1", "top_fraction": "0.25"}))
+    result = fit("patchcore", ctx, make_config("patchcore", {"pool": "1", "top_fraction": "0.25", "combine": "max"}))
     out = tmp_path_factory.mktemp("patchcore")
     save_classifier(result.classifier, out / "classifier.pt")
     return result, export_onnx(result.classifier, out / "model.onnx", model_name="spots"), split
@@ -102,21 +102,52 @@ def test_patchcore_exports_probabilities_and_an_anomaly_map_that_finds_the_spot(
     assert result.params["top_k"] == 4 and result.params["combine"] == "max" and result.params["threshold_rule"] == "val_balanced_accuracy"
 
 
-def test_exported_combined_score_matches_torch(patchcore_run):
-    """ONNX parity of the combined (patch + image statistics) score, beyond the export's own check."""
+def _onnx_matches_torch(result, path):
     import torch
 
     from adapt.core.export import ort_session
 
-    result, path, _ = patchcore_run
     pixels = np.stack([_spotted(32, False, 31), _spotted(32, True, 32), np.full((32, 32, 3), 200, np.uint8)])
     probs, heat = ort_session(path).run(None, {INPUT_NAME: pixels})
     with torch.no_grad():
         ref_probs, ref_heat = result.classifier.forward_with_map(torch.from_numpy(pixels))
-    assert result.classifier.head.combine == "max" and result.classifier.head.image_bank.shape[0] == 1
     np.testing.assert_allclose(probs, ref_probs.numpy(), atol=1e-4)
     np.testing.assert_allclose(heat, ref_heat.numpy(), rtol=1e-3, atol=1e-4)
+    return probs
+
+
+def test_exported_combined_score_matches_torch(patchcore_run):
+    """ONNX parity of the combined (patch + image statistics) score, beyond the export's own check."""
+    result, path, _ = patchcore_run
+    probs = _onnx_matches_torch(result, path)
+    assert result.classifier.head.combine == "max" and result.classifier.head.image_bank.shape[0] == 1
     assert probs[2, 1] > 0.5  # a flat grey part: no surface at all, defective
+
+
+@pytest.mark.parametrize("combine", ["auto", "image", "local"])
+def test_each_score_rule_exports_with_parity_and_says_what_it_uses(combine, spot_folder, tiny_cnn_backbone, tmp_path):
+    """``combine=auto`` (the default) picks local, image or max by validation ROC-AUC, records it and its
+    reason, and exports what it picked; a picked ``local`` is the patch-score model (no image level)."""
+    from adapt.core.anomaly_choices import AUTO_CANDIDATES
+    from adapt.core.export import export_onnx
+    from adapt.methods import AdaptContext, fit, make_config
+
+    split = anomaly_split(load_dataset(str(spot_folder)), "ok", shots=4, seed=1)
+    ctx = AdaptContext(backbone=tiny_cnn_backbone, split=split.split, progress=False)
+    hp = {"pool": "1", "top_fraction": "0.25"} | ({} if combine == "auto" else {"combine": combine})
+    result = fit("patchcore", ctx, make_config("patchcore", hp))
+    p, head = result.params, result.classifier.head
+    assert p["combine_rule"] == combine and p["combine"] == head.combine
+    if combine == "auto":
+        assert set(p["combine_val_auc"]) == set(AUTO_CANDIDATES) and p["combine"] in AUTO_CANDIDATES
+        assert p["combine_val_auc"][p["combine"]] == max(p["combine_val_auc"].values())
+        assert f"combine=auto chose {p['combine']} (validation ROC-AUC: local " in p["score"]
+    else:
+        assert head.combine == combine and "combine_val_auc" not in p
+    assert hasattr(head, "image_bank") == (head.combine != "local")
+    assert len(p["stages"]) == (1 if head.combine == "local" else 2)  # the image statistics' level only where the score uses it
+    probs = _onnx_matches_torch(result, export_onnx(result.classifier, tmp_path / "model.onnx", model_name="spots"))
+    assert probs[0, 1] < 0.5 < probs[1, 1]
 
 
 def _texture_features(n: int, mixed: bool, seed: int):
@@ -153,6 +184,56 @@ def test_a_texture_wide_change_the_patch_score_misses_is_caught_by_the_image_sta
         assert new_changed.min() > max(new_good.max(), threshold), kind  # every changed surface flagged, above every good one
 
 
+def _heads(bank, train, local_val, image_val_of):
+    """The candidate heads of ``combine=auto`` for a bank and the good images' statistics."""
+    from adapt.core.anomaly_choices import AUTO_CANDIDATES
+    from adapt.core.anomaly_head import PatchCoreHead, image_stats
+    from adapt.methods.patchcore import fit_image_bank, standardise
+
+    ibank, whiten = fit_image_bank(image_stats(train))
+    probe = PatchCoreHead(bank, 0.0, 1.0, grid=4, combine="image", image_bank=ibank, image_whiten=whiten)
+    good = ~local_val[1]
+    norm = (*standardise(local_val[0][good]), *standardise(probe.image_distance(image_val_of)[good].numpy()))
+    return {c: PatchCoreHead(bank, 0.0, 1.0, grid=4, combine=c, image_bank=ibank, image_whiten=whiten, norm=norm) for c in AUTO_CANDIDATES}
+
+
+def test_auto_takes_the_image_score_for_a_texture_wide_change_and_the_patch_score_for_local_marks():
+    """The choice a user sees: a folder whose defects change the whole texture gets the image statistics; a
+    folder with local marks on surfaces that vary a lot between good parts keeps the patch score alone
+    (the image term would only add noise there); no defective validation image: max."""
+    import torch
+
+    from adapt.core.anomaly_head import PatchCoreHead
+    from adapt.methods.patchcore import choose_combine, image_scores
+
+    train = _texture_features(16, True, 0)
+    bank = train.flatten(0, 1)
+    local = PatchCoreHead(bank, 0.0, 1.0, grid=4)
+    val = torch.cat([_texture_features(8, True, 1), _texture_features(8, False, 3)])
+    defective = np.arange(16) >= 8
+    lv = image_scores(local, val)
+    chosen, val_auc = choose_combine(_heads(bank, train, (lv, defective), val), lv, val, defective)
+    assert chosen != "local" and val_auc[chosen] == 1.0 > val_auc["local"]
+
+    g = torch.Generator().manual_seed(5)
+
+    def varied(n: int, mark: bool) -> torch.Tensor:  # 2-14 patches of texture B per good image; a mark: one patch far from both
+        x = _texture_features(n, False, int(torch.randint(1000, (1,), generator=g)))
+        for i in range(n):
+            x[i, : int(torch.randint(2, 15, (1,), generator=g))] += torch.tensor([-1.0, 1.0])
+            if mark:
+                x[i, -1] = torch.tensor([0.6, 0.6])
+        return x
+
+    train, val = varied(16, False), torch.cat([varied(8, False), varied(8, True)])
+    bank = train.flatten(0, 1)
+    lv = image_scores(PatchCoreHead(bank, 0.0, 1.0, grid=4), val)
+    heads = _heads(bank, train, (lv, defective), val)
+    chosen, val_auc = choose_combine(heads, lv, val, defective)
+    assert chosen == "local" and val_auc["local"] == 1.0 > val_auc["image"]
+    assert choose_combine(heads, lv, val, np.zeros(16, bool)) == ("max", {})
+
+
 def test_choose_threshold_balanced_accuracy_or_good_images_only():
     from adapt.methods.patchcore import choose_threshold
 
@@ -183,6 +264,7 @@ def test_patchcore_config_rejects_unknown_score_settings():
     from adapt.methods import make_config
 
     assert make_config("patchcore", {"combine": "local"}).combine == "local"
+    assert make_config("patchcore", {}).combine == "auto" and make_config("patchcore", {"combine": "image"}).combine == "image"
     for key, value in (("combine", "mean"), ("image_score", "svm"), ("image_stats", "gram"), ("threshold_rule", "best")):
         with pytest.raises(ValueError, match=key):
             make_config("patchcore", {key: value})
@@ -287,7 +369,8 @@ def test_retrain_on_a_folder_of_good_parts_only_says_so_and_still_exports(tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["labels"] == ["ok", DEFECTIVE] and metrics["anomaly"]["defect_recall"] == {}
     assert metrics["anomaly"]["threshold_rule"] == "good_quantile_0.95" and "threshold: good_quantile_0.95" in printed  # says which rule
-    assert metrics["anomaly"]["score"].startswith("max(patch, image")
+    assert metrics["anomaly"]["score"].startswith("max(patch, image")  # combine=auto without defective validation images
+    assert "combine=auto: max (no defective validation image)" in metrics["anomaly"]["score"]
     assert (out / "model.onnx").is_file()
 
 

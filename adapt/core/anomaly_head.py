@@ -17,8 +17,9 @@ statistics (Ledoit-Wolf shrinkage, fitted by ``adapt.methods.patchcore``), to th
 PaDiM-style Gaussian: ``image_bank`` holds one row) or to the nearest good image (kNN: one row per
 good image). ``image_whiten`` maps statistics into that metric (``P = W W^T``, ``image_bank`` is
 already mapped). Patch and image scores are standardised by the good validation images' mean and
-standard deviation (``norm``) and combined by ``max`` or ``sum``; ``threshold`` and ``scale`` are
-then in those units. The patch features may carry more channels than the bank (its first
+standard deviation (``norm``) and combined by ``max`` or ``sum``, or the image score is used alone
+(``image``); ``threshold`` and ``scale`` are then in those units (which of these a fit uses may be
+chosen per fit on its validation images: ``adapt.methods.patchcore``, ``combine=auto``). The patch features may carry more channels than the bank (its first
 ``bank.shape[1]`` channels make the patch score, all of them the image statistics: e.g. a deeper
 stage that only feeds the image score).
 
@@ -102,7 +103,10 @@ class PatchCoreHead(nn.Module):
         if self.combine == "local":
             return local
         m_l, s_l, m_g, s_g = self.norm
-        z_local, z_image = (local - m_l) / s_l, (self.image_distance(features) - m_g) / s_g
+        z_image = (self.image_distance(features) - m_g) / s_g
+        if self.combine == "image":
+            return z_image
+        z_local = (local - m_l) / s_l
         return torch.maximum(z_local, z_image) if self.combine == "max" else z_local + z_image
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:

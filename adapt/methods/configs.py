@@ -156,7 +156,8 @@ class PatchCoreConfig:
     top_fraction: float = hp(0.01, "image score = mean of the worst patches, this share of the patch grid (0 = the single worst patch, as in the PatchCore paper)")
     good_quantile: float = hp(0.95, "threshold = this quantile of good validation scores when validation holds no defects")
     seed: int = hp(0, "seed of the coreset's random projection and start")
-    combine: str = hp("max", "image score: 'local' (patch score alone), or it and a Gaussian of image statistics, standardised on good validation images, by 'max' or 'sum'")
+    combine: str = hp("auto", "image score: 'local' (patch score alone), 'image' (a Gaussian of image statistics alone), or both, standardised on good "
+                      "validation images, by 'max' or 'sum'; 'auto': local, image or max, whichever has the best validation ROC-AUC (max without defective validation images)")
     image_score: str = hp("gaussian", "image score: Mahalanobis distance of the image statistics to the good images' mean ('gaussian') or nearest good image ('knn')")
     image_stats: str = hp("mean_std", "per-image statistics of the patch features for the Gaussian: 'mean' or 'mean_std' (mean and std over the grid)")
     image_stages: list[int] = hp(factory=list, help="further levels whose maps feed only the image statistics (not the bank); "
@@ -184,10 +185,10 @@ class PatchCoreConfig:
             self.image_stages = [int(s) for s in self.image_stages]
         except ValueError:
             raise ValueError(f"image_stages must be integers, got {self.image_stages}") from None
-        from adapt.core.anomaly_choices import COMBINE, IMAGE_SCORES, IMAGE_STATS
+        from adapt.core.anomaly_choices import COMBINE_CHOICES, IMAGE_SCORES, IMAGE_STATS
 
-        if self.combine not in COMBINE:
-            raise ValueError(f"combine must be one of {', '.join(COMBINE)}, got {self.combine!r}")
+        if self.combine not in COMBINE_CHOICES:
+            raise ValueError(f"combine must be one of {', '.join(COMBINE_CHOICES)}, got {self.combine!r}")
         if self.image_score not in IMAGE_SCORES:
             raise ValueError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}")
         if self.image_stats not in IMAGE_STATS:

@@ -8,12 +8,17 @@ patches, at most ``max_bank``. A patch's anomaly score is its distance to the ne
 an image's the mean of its worst ``top_fraction`` of patches (``adapt.core.anomaly_head``; 1% beat
 the single worst patch on 8 of 9 dev draws, experiments/anomaly/README.md).
 
-Texture-wide evidence (``combine``: ``max`` or ``sum``; ``local`` = the patch score alone): per-image
-statistics of the patch features (``image_stats``; the maps of ``image_stages`` join them, not the
-bank) of the same good images (and flips/turns); an image's distance to their mean (``image_score``
+Texture-wide evidence (``combine``: ``max`` or ``sum``; ``local`` = the patch score alone, ``image`` =
+the image score alone): per-image statistics of the patch features (``image_stats``; the maps of
+``image_stages`` join them, not the bank) of the same good images (and flips/turns); an image's distance to their mean (``image_score``
 ``gaussian``, PaDiM-style) or to the nearest of them (``knn``) in the Mahalanobis metric of their
 Ledoit-Wolf shrunk covariance (sklearn). That image score and the patch score are standardised by
 the good validation images and combined (``adapt.core.anomaly_head``; chosen on dev folders: experiments/anomaly/).
+``combine=auto`` (the default) chooses ``local``, ``image`` or ``max`` per fit: the one with the best
+ROC-AUC on the validation images (``choose_combine``; the split holds defective images whenever the
+labelled folder has defect classes), ``max`` where validation holds none: on folders with local marks
+only the image term adds noise, on texture-wide ones it carries the signal (experiments/anomaly/).
+Where it chooses ``local`` the model is the patch-score model, without the image statistics' level.
 
 The decision threshold (``threshold_rule``) is chosen on the few-shot validation split: ``auto`` =
 the best balanced accuracy when it holds defective images, else the ``good_quantile`` of the good
@@ -32,6 +37,7 @@ import logging
 import numpy as np
 import torch
 
+from adapt.core.anomaly_choices import AUTO, AUTO_CANDIDATES, AUTO_FALLBACK
 from adapt.core.anomaly_head import PatchCoreHead, image_stats
 from adapt.core.classifier import ImageClassifier, PixelNormalizer
 from adapt.data.anomaly import DEFECTIVE
@@ -146,12 +152,35 @@ def patch_encoder(ctx: AdaptContext, cfg: PatchCoreConfig) -> ImageEncoder:
     return ImageEncoder(copy.deepcopy(ctx.backbone.model.visual), EncoderSpec((PATCHES,), stages + image_stages, cfg.pool))
 
 
-def score_name(cfg: PatchCoreConfig, image_stages: tuple[int, ...] = ()) -> str:
-    """The image score in words (metrics and the CLI say which score a model uses)."""
-    if cfg.combine == "local":
-        return f"patch (mean of the worst {cfg.top_fraction:.0%} patch distances)"
+def score_name(cfg: PatchCoreConfig, image_stages: tuple[int, ...] = (), chosen: str = "", val_auc: dict | None = None) -> str:
+    """The image score in words (metrics and the CLI say which score a model uses, and what ``auto`` chose)."""
+    chosen = chosen or cfg.combine
     levels = f" with level {','.join(map(str, image_stages))}" if image_stages else ""
-    return f"{cfg.combine}(patch, image {cfg.image_score} of {cfg.image_stats}{levels}), standardised on good validation images"
+    image = f"image {cfg.image_score} of {cfg.image_stats}{levels}"
+    if chosen == "local":
+        name = f"patch (mean of the worst {cfg.top_fraction:.0%} patch distances)"
+    elif chosen == "image":
+        name = f"{image}, standardised on good validation images"
+    else:
+        name = f"{chosen}(patch, {image}), standardised on good validation images"
+    if cfg.combine != AUTO:
+        return name
+    if not val_auc:
+        return f"{name}; combine=auto: {chosen} (no defective validation image)"
+    return f"{name}; combine=auto chose {chosen} (validation ROC-AUC: {', '.join(f'{c} {a:.3f}' for c, a in val_auc.items())})"
+
+
+def choose_combine(heads: dict[str, PatchCoreHead], local_val: np.ndarray, features: torch.Tensor, defective: np.ndarray) -> tuple[str, dict[str, float]]:
+    """``combine=auto``: of ``heads`` (one per candidate rule, in order of preference on ties), the one whose
+    score has the best ROC-AUC on the validation images (patch scores ``local_val``, patch ``features``);
+    ``AUTO_FALLBACK`` where they hold no defective image. Returns (the rule, every rule's ROC-AUC)."""
+    from sklearn.metrics import roc_auc_score
+
+    if not defective.any():
+        return AUTO_FALLBACK, {}
+    with torch.no_grad():
+        val_auc = {c: float(roc_auc_score(defective, h.combined(torch.from_numpy(local_val), features).numpy())) for c, h in heads.items()}
+    return max(val_auc, key=val_auc.get), val_auc  # max() keeps the first of equals
 
 
 @torch.no_grad()
@@ -197,24 +226,38 @@ def fit_patchcore(ctx: AdaptContext, cfg: PatchCoreConfig | None = None) -> FitR
     if (~defective).sum() < 2:
         raise ValueError("patchcore needs at least 2 good validation images (--val-shots >= 2)")
     val_scores = image_scores(head, val_features)
+    chosen, val_auc = cfg.combine, {}
     if cfg.combine != "local":
         image_bank, whiten = fit_image_bank(image_stats(features, cfg.image_stats), cfg.image_score)
-        head = PatchCoreHead(patches[keep], 0.0, 1.0, grid, top_k, combine=cfg.combine, stats=cfg.image_stats, image_bank=image_bank, image_whiten=whiten)
-        image_val = head.image_distance(val_features).numpy()
-        head.norm = (*standardise(val_scores[~defective]), *standardise(image_val[~defective]))
-        val_scores = image_scores(head, val_features)
+
+        def combined_head(rule: str, norm=(0.0, 1.0, 0.0, 1.0)) -> PatchCoreHead:
+            return PatchCoreHead(patches[keep], 0.0, 1.0, grid, top_k, combine=rule, stats=cfg.image_stats, image_bank=image_bank, image_whiten=whiten, norm=norm)
+
+        image_val = combined_head("image").image_distance(val_features).numpy()
+        norm = (*standardise(val_scores[~defective]), *standardise(image_val[~defective]))
+        if cfg.combine == AUTO:
+            chosen, val_auc = choose_combine({c: combined_head(c, norm) for c in AUTO_CANDIDATES}, val_scores, val_features, defective)
+        if chosen == "local":  # the patch-score model: the image statistics' level is dropped from the encoder
+            n_stages = len(patch_stages(ctx, cfg)[0])
+            encoder = ImageEncoder(encoder.visual, EncoderSpec(encoder.spec.parts, encoder.spec.stages[:n_stages], encoder.spec.pool))
+        else:
+            head = combined_head(chosen, norm)
+            val_scores = image_scores(head, val_features)
     good_scores = val_scores[~defective]
     good_only = cfg.threshold_rule == "good_quantile" or not defective.any()
     head.threshold = choose_threshold(val_scores, defective, cfg.good_quantile, good_only=good_only)
     head.scale = float(max(good_scores.std(), 1e-3 * max(abs(head.threshold), 1e-6)))
-    head.map_threshold = head.threshold if cfg.combine == "local" else head.norm[0] + head.threshold * head.norm[1]  # the patch score alone at the threshold
+    head.map_threshold = head.threshold if chosen == "local" else head.norm[0] + head.threshold * head.norm[1]  # the patch score alone at the threshold
     params = {
         "stages": list(encoder.spec.stages), "pool": cfg.pool, "augment": cfg.augment, "bank_size": len(keep), "good_patches": len(patches),
         "feature_dim": int(patches.shape[1]), "grid": grid, "top_k": top_k, "threshold": head.threshold, "scale": head.scale,
         "threshold_rule": f"good_quantile_{cfg.good_quantile}" if good_only else "val_balanced_accuracy",
-        "combine": cfg.combine, "map_threshold": head.map_threshold, "score": score_name(cfg, patch_stages(ctx, cfg)[1]),
+        "combine": chosen, "combine_rule": cfg.combine, "map_threshold": head.map_threshold,
+        "score": score_name(cfg, patch_stages(ctx, cfg)[1], chosen, val_auc),
     }
-    if cfg.combine != "local":
+    if val_auc:
+        params["combine_val_auc"] = val_auc
+    if chosen != "local":
         params.update(image_score=cfg.image_score, image_stats=cfg.image_stats, image_bank_size=int(head.image_bank.shape[0]),
                       image_dim=int(head.image_bank.shape[1]), score_norm=list(head.norm))
     logger.info("patchcore: score %s, threshold %.4g (%s)", params["score"], head.threshold, params["threshold_rule"])

@@ -11,6 +11,11 @@ each defect class from the train pool), then every candidate score on the evalua
   mean (``gaussian``) or to the nearest bank image (``knn``);
 - ``max[...]`` / ``sum[...]``: both, each standardised by the good validation images (the product head).
 
+``--raw DIR`` also saves each seed's raw per-image scores of the product default (patch score and
+image score ``[gaussian,mean_std,s2+s3]``, unstandardised, of the validation and the evaluation
+images, with the labels and kinds) to ``DIR/<data>_<split>_seed<seed>.npz``, so that rules combining
+the two can be compared without refitting (``combine_rules.py``).
+
 Evaluation images: ``--split test`` = the dataset's held-out test split (reporting only);
 ``--split dev`` = train-pool images outside the bank and validation (up to ``--dev-per-class`` per
 class), for choosing. Thresholds: ``auto`` (best validation balanced accuracy) and ``good`` (95%
@@ -89,7 +94,8 @@ def evaluate(scores_val, defective_val, scores_eval, kinds, good) -> dict:
     return out
 
 
-def run_seed(data, feats: Features, good_label: str, shots: int, seed: int, split: str, dev_per_class: int) -> list[dict]:
+def run_seed(data, feats: Features, good_label: str, shots: int, seed: int, split: str, dev_per_class: int,
+             raw: Path | None = None, data_spec: str = "") -> list[dict]:
     a = anomaly_split(data, good_label, shots, seed)
     pool, classes = data.train, data.classes
     key_index = {k: i for i, k in enumerate(pool.keys)}
@@ -131,10 +137,19 @@ def run_seed(data, feats: Features, good_label: str, shots: int, seed: int, spli
             sv = head.combined(torch.from_numpy(lv), val[..., :d]).numpy()
             se = head.combined(torch.from_numpy(le), eval_feats[..., :d]).numpy()
             rows.append({"score": f"{c}[{kind},{stats},{levels}]", "fit_s": round(coreset_s + gauss_s, 1), **evaluate(sv, defective_val, se, kinds, good_label)})
+        if raw is not None and f"max[{kind},{stats},{levels}]" == CHOSEN:
+            raw.mkdir(parents=True, exist_ok=True)
+            np.savez(raw_path(raw, data_spec, split, seed), local_val=lv, image_val=gv, defective_val=defective_val,
+                     local_eval=le, image_eval=ge, kinds=kinds, good=good_label, data=data_spec, split=split, seed=seed)
     return rows
 
 
 CHOSEN = "max[gaussian,mean_std,s2+s3]"  # the product default, chosen on the dev rows
+
+
+def raw_path(raw: Path, data_spec: str, split: str, seed: int) -> Path:
+    """Where ``--raw`` keeps one (data, split, seed)'s raw scores."""
+    return raw / f"{data_spec.strip('/').replace('/', '_')}_{split}_seed{seed}.npz"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -191,6 +206,7 @@ def main() -> None:
     ap.add_argument("--split", choices=("dev", "test"), default="dev")
     ap.add_argument("--dev-per-class", type=int, default=32)
     ap.add_argument("--out", default="")
+    ap.add_argument("--raw", type=Path, metavar="DIR", help="also save each seed's raw patch and image scores here (npz; keep it out of the repo)")
     ap.add_argument("--table", metavar="JSONL", help="print old vs new per dataset and exit")
     ap.add_argument("--candidates", metavar="JSONL", help="print every candidate's mean ROC-AUC per dataset and exit")
     args = ap.parse_args()
@@ -204,7 +220,7 @@ def main() -> None:
     feats.test = Features(backbone, data.test)
     for seed in args.seeds:
         t = time.time()
-        rows = run_seed(data, feats, args.good, args.shots, seed, args.split, args.dev_per_class)
+        rows = run_seed(data, feats, args.good, args.shots, seed, args.split, args.dev_per_class, args.raw, args.data)
         for r in rows:
             r.update(data=args.data, split=args.split, seed=seed, shots=args.shots, date=time.strftime("%Y-%m-%d %H:%M"),
                      machine=f"{platform.machine()} 2-core VM shared with other jobs, 1 thread")

@@ -75,6 +75,22 @@ def test_a_view_is_the_features_of_the_turned_and_mirrored_images(view, parts, t
         cached_features(b, parts, spec, view=8)
 
 
+@pytest.mark.integration
+def test_several_views_decode_each_image_once_and_equal_the_single_views(parts, tiny_cnn_backbone, monkeypatch):
+    from adapt.core import decoding
+    from adapt.core.encoders import STAGES, EncoderSpec
+    from adapt.core.features import cached_features, cached_view_features
+
+    b, spec = tiny_cnn_backbone, EncoderSpec((STAGES,), (1, 2))
+    decoded = []
+    real = decoding.model_pixels
+    monkeypatch.setattr(decoding, "model_pixels", lambda images, i, *a: decoded.append(i) or real(images, i, *a))
+    together = cached_view_features(b, parts, spec, views=(0, 3, 6), progress=False, use_cache=False, batch_size=3)
+    assert sorted(decoded) == list(range(len(parts)))  # once each, for all three views
+    for v, got in zip((0, 3, 6), together, strict=True):
+        assert float((got - cached_features(b, parts, spec, view=v, progress=False, use_cache=False)).abs().max()) < 1e-6
+
+
 @pytest.mark.unit
 def test_view_0_keeps_the_feature_cache_keys_of_before_views_existed():
     from adapt.core.features import _cache_key
@@ -120,5 +136,6 @@ def test_the_torch_fallback_gives_the_same_features(parts, tiny_cnn_backbone):
 
     b = tiny_cnn_backbone
     encoder = ImageEncoder(b.model.visual, EncoderSpec((STAGES,), (1, 2)))
-    args = dict(image_size=b.image_size, mean=b.mean, std=b.std, view=3, batch_size=4, progress=False)
-    assert float((onnx_features(encoder, parts, **args) - torch_features(encoder, parts, **args)).abs().max()) < 1e-4
+    args = dict(image_size=b.image_size, mean=b.mean, std=b.std, views=(0, 3), batch_size=4, progress=False)
+    for got, expected in zip(onnx_features(encoder, parts, **args), torch_features(encoder, parts, **args), strict=True):
+        assert float((got - expected).abs().max()) < 1e-4

@@ -113,50 +113,76 @@ def cached_features(backbone, images: ImageSet, spec: EncoderSpec | None = None,
     ``EncoderSpec``; default: the joint embedding) says, L2-normalised ``[N, D]`` float32 on the
     CPU, memoised on disk by weights + encoder + images. ``view`` (0-7) encodes dihedral view
     ``view`` of every image (``adapt.core.encoders.dihedral`` on the pixels) instead of the image."""
+    return cached_view_features(backbone, images, spec, views=(view,), device=device, batch_size=batch_size, progress=progress,
+                                use_cache=use_cache)[0]
+
+
+def cached_view_features(backbone, images: ImageSet, spec: EncoderSpec | None = None, *, views: tuple[int, ...] = (0,), device="cpu",
+                         batch_size: int = 64, progress: bool = True, use_cache: bool = True) -> list[torch.Tensor]:
+    """``cached_features`` of several dihedral ``views`` of the same images, one ``[N, D]`` tensor per
+    view, each memoised on disk under its own key; the views not on disk are computed together, so
+    every image is decoded once for all of them."""
     spec = spec or EncoderSpec()
-    if not 0 <= view < DIHEDRAL_VIEWS:
-        raise ValueError(f"a dihedral view is 0-{DIHEDRAL_VIEWS - 1}, got {view}")
-    key = _cache_key(backbone.weights_id, spec.key(), backbone.image_size, backbone.resize_mode, backbone.mean, backbone.std, images, view)
-    path = cache_dir() / "features" / f"{key}.pt"
-    if use_cache and path.is_file():
-        try:
-            feats = torch.load(path, weights_only=True)
-            if feats.shape[0] == len(images):
-                return feats
-        except (OSError, RuntimeError) as exc:  # a damaged cache file is recomputed, not fatal
-            logger.warning("ignoring unreadable feature cache %s: %s", path, exc)
-    encoder = ImageEncoder(backbone.model.visual, spec)
-    args = dict(image_size=backbone.image_size, mean=backbone.mean, std=backbone.std, resize_mode=backbone.resize_mode, view=view,
-                batch_size=batch_size, device=device, progress=progress)
-    feats = onnx_features(encoder, images, **args) if _onnx_runs_on(device) else torch_features(encoder, images, **args)
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(feats, tmp)
-        tmp.replace(path)
-    return feats
+    if any(not 0 <= v < DIHEDRAL_VIEWS for v in views):
+        raise ValueError(f"a dihedral view is 0-{DIHEDRAL_VIEWS - 1}, got {list(views)}")
+    b = backbone
+    paths = {v: cache_dir() / "features" / f"{_cache_key(b.weights_id, spec.key(), b.image_size, b.resize_mode, b.mean, b.std, images, v)}.pt"
+             for v in views}
+    found = {v: feats for v in views if use_cache and (feats := _load_cached(paths[v], len(images))) is not None}
+    todo = tuple(v for v in dict.fromkeys(views) if v not in found)
+    if todo:
+        encoder = ImageEncoder(b.model.visual, spec)
+        args = dict(image_size=b.image_size, mean=b.mean, std=b.std, resize_mode=b.resize_mode, views=todo,
+                    batch_size=batch_size, device=device, progress=progress)
+        computed = onnx_features(encoder, images, **args) if _onnx_runs_on(device) else torch_features(encoder, images, **args)
+        for v, feats in zip(todo, computed):
+            found[v] = feats
+            if use_cache:
+                paths[v].parent.mkdir(parents=True, exist_ok=True)
+                tmp = paths[v].with_suffix(f".{os.getpid()}.tmp")
+                torch.save(feats, tmp)
+                tmp.replace(paths[v])
+    return [found[v] for v in views]
 
 
-def onnx_features(encoder: ImageEncoder, images: ImageSet, *, image_size: int, mean, std, resize_mode: str = "shortest", view: int = 0,
-                  batch_size: int = 64, device="cpu", progress: bool = True) -> torch.Tensor:
-    """``cached_features``' computation: the encoder graph of ``encoder`` (cached, ``adapt.core.graphs``)
-    in ONNX Runtime over batches decoded in a thread pool."""
+def _load_cached(path: Path, n: int) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    try:
+        feats = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError) as exc:  # a damaged cache file is recomputed, not fatal
+        logger.warning("ignoring unreadable feature cache %s: %s", path, exc)
+        return None
+    return feats if feats.shape[0] == n else None
+
+
+def onnx_features(encoder: ImageEncoder, images: ImageSet, *, image_size: int, mean, std, resize_mode: str = "shortest",
+                  views: tuple[int, ...] = (0,), batch_size: int = 64, device="cpu", progress: bool = True) -> list[torch.Tensor]:
+    """``cached_view_features``' computation: the encoder graph of ``encoder`` (cached,
+    ``adapt.core.graphs``) in ONNX Runtime over batches decoded in a thread pool, each batch decoded
+    once and run as every one of ``views``; one ``[N, D]`` tensor per view."""
     if not len(images):
-        return torch.empty(0, 0)
+        return [torch.empty(0, 0) for _ in views]
     providers = ("CPUExecutionProvider",) if torch.device(device).type == "cpu" else ()
     runner = encoder_runner(EncoderGraph(encoder, PixelNormalizer(mean, std)), image_size, mean, std, RuntimeConfig(providers=providers))
-    batches = with_progress(pixel_batches(images, image_size, resize_mode, batch_size), len(images), batch_size, "extracting features", progress)
-    feats = torch.from_numpy(runner.predict_batches(_viewed(b, view) for b in batches))
+    desc = "extracting features" + (f" ({len(views)} views)" if len(views) > 1 else "")
+    batches = with_progress(pixel_batches(images, image_size, resize_mode, batch_size), len(images), batch_size, desc, progress)
+    out: list[list[np.ndarray]] = [[] for _ in views]
+    for batch in batches:
+        for per_view, v in zip(out, views):
+            per_view.append(runner.predict(_viewed(batch, v)))
     # the torch loop (``encode_batches``) L2-normalises every feature vector, a patch map's per position
-    return F.normalize(feats, dim=-1) if encoder.spec.parts == (PATCHES,) else feats
+    feats = [torch.from_numpy(np.concatenate(f)) for f in out]
+    return [F.normalize(f, dim=-1) for f in feats] if encoder.spec.parts == (PATCHES,) else feats
 
 
-def torch_features(encoder: ImageEncoder, images: ImageSet, *, image_size: int, mean, std, resize_mode: str = "shortest", view: int = 0,
-                   batch_size: int = 64, device="cpu", progress: bool = True) -> torch.Tensor:
-    """The same features from the torch encoder (on a GPU that ONNX Runtime cannot use)."""
+def torch_features(encoder: ImageEncoder, images: ImageSet, *, image_size: int, mean, std, resize_mode: str = "shortest",
+                   views: tuple[int, ...] = (0,), batch_size: int = 64, device="cpu", progress: bool = True) -> list[torch.Tensor]:
+    """The same features from the torch encoder (on a GPU that ONNX Runtime cannot use); one pass
+    over the images per view."""
     loader = DataLoader(PixelDataset(images, image_size, resize_mode), batch_size=batch_size)
-    return encode_batches(encoder, loader, pixels_of=lambda batch: dihedral(batch[0], view, dims=(1, 2)), mean=mean, std=std,
-                          device=device, progress=progress)
+    return [encode_batches(encoder, loader, pixels_of=lambda batch, v=v: dihedral(batch[0], v, dims=(1, 2)), mean=mean, std=std,
+                           device=device, progress=progress) for v in views]
 
 
 def _viewed(pixels: np.ndarray, view: int) -> np.ndarray:

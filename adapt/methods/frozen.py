@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from adapt.core.features import cached_features, labels_tensor
+from adapt.core.features import cached_features, cached_view_features, labels_tensor
 from adapt.data.images import ImageSet
 from adapt.methods.base import AdaptContext
 from adapt.methods.prompts import text_class_embeddings
@@ -23,24 +23,20 @@ def frozen_features(ctx: AdaptContext, use: str = "text") -> tuple[torch.Tensor,
 
 def view_features(ctx: AdaptContext, images: ImageSet, use: str, views: int, pooling: str = "avg") -> np.ndarray:
     """``[N, views, D]``: the features of the first ``views`` dihedral views of every image
-    (``adapt.core.encoders.dihedral``; view 0 is the image itself), each cached on disk."""
-    from tqdm.auto import tqdm
-
+    (``adapt.core.encoders.dihedral``; view 0 is the image itself), each cached on disk and in
+    ``ctx.feature_memo``; the images not memoised are decoded once for all views."""
     spec = ctx.spec(use, pooling=pooling)
-    kw = dict(device=ctx.device, progress=False, use_cache=ctx.use_feature_cache)
     if not len(images):
         return np.zeros((0, views, 0), np.float32)
-    bar = tqdm(range(views), desc=f"features of {len(images)} images x {views} views", unit="view", disable=not ctx.progress or views == 1, leave=False)
     memo = ctx.feature_memo
-    out = []
-    for v in bar:
-        keys = [(spec.key(), v, images.root, k) for k in images.keys]
-        missing = [i for i, key in enumerate(keys) if key not in memo]
-        if missing:
-            feats = cached_features(ctx.backbone, images.subset(missing), spec, view=v, **kw).numpy()
-            memo.update(zip((keys[i] for i in missing), feats))
-        out.append(np.stack([memo[key] for key in keys]))
-    return np.stack(out, axis=1)
+    keys = [[(spec.key(), v, images.root, k) for k in images.keys] for v in range(views)]
+    missing = [i for i in range(len(images)) if any(keys[v][i] not in memo for v in range(views))]
+    if missing:
+        computed = cached_view_features(ctx.backbone, images.subset(missing), spec, views=tuple(range(views)), device=ctx.device,
+                                        progress=ctx.progress and len(missing) > 64, use_cache=ctx.use_feature_cache)
+        for v, feats in enumerate(computed):
+            memo.update(zip((keys[v][i] for i in missing), feats.numpy()))
+    return np.stack([np.stack([memo[key] for key in keys[v]]) for v in range(views)], axis=1)
 
 
 def class_embeddings(ctx: AdaptContext) -> torch.Tensor:

@@ -28,6 +28,7 @@ Writes one JSON line per (data, shots, seed, recipe) to ``DIR/linear_recipe.json
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import warnings
@@ -123,7 +124,8 @@ def choose_c_cv(feats, idx, y, aug, tta, seed, folds=4, repeats=2) -> float:
     return float(C_GRID[best])
 
 
-def run_recipes(feats_by_kind, labels, train_idx, val_idx, dev_idx, seed) -> dict[str, float]:
+def run_recipes(feats_by_kind, labels, train_idx, val_idx, dev_idx, seed, only: bool = False) -> dict[str, float]:
+    """Every recipe's dev balanced accuracy (``only``: just today's product default, ``cv-refit+aug8+tta8 max``)."""
     y_tr, y_va, y_dev = labels[train_idx], labels[val_idx], labels[dev_idx]
     out = {}
     f = feats_by_kind["avg"]
@@ -139,7 +141,7 @@ def run_recipes(feats_by_kind, labels, train_idx, val_idx, dev_idx, seed) -> dic
     for kind in ("avg", "max"):
         f = feats_by_kind[kind]
         for aug, tta, name in ((1, 1, "cv-refit"), (8, 1, "cv-refit+aug8"), (8, 2, "cv-refit+aug8+tta2"), (8, 8, "cv-refit+aug8+tta8"), (-8, 8, "cv-refit+sym8")):
-            if kind == "max" and aug == 1:
+            if (kind == "max" and aug == 1) or (only and (kind, aug, tta) != ("max", 8, 8)):
                 continue
             c = choose_c_cv(f, pool, y_pool, aug, tta, seed)
             x, yy = train_rows(f, pool, y_pool, aug)
@@ -155,48 +157,39 @@ def report(path: Path) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["data"], r["shots"]), []).append(r)
-    recipes = [k for k in rows[0] if k not in ("data", "shots", "seed") and not k.startswith("C ")]
+    recipes = list(dict.fromkeys(k for r in rows for k in r if k not in ("data", "shots", "seed") and not k.startswith("C ")))
     lines = ["| data | shots | seeds | " + " | ".join(recipes) + " |", "|---|---|---|" + "---|" * len(recipes)]
     for (data, shots), rs in groups.items():
         cells = []
         for k in recipes:
-            v = np.array([r[k] for r in rs]) * 100
-            gain = v - np.array([r["product"] for r in rs]) * 100
+            have = [r for r in rs if k in r]
+            if not have:
+                cells.append("")
+                continue
+            v = np.array([r[k] for r in have]) * 100
+            gain = v - np.array([r["product"] for r in have]) * 100
             cells.append(f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0:.1f}" + ("" if k == "product" else f" ({gain.mean():+.1f})"))
         lines.append(f"| {data} | {shots} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--report", default=None, help="print the table of a linear_recipe.jsonl and exit")
-    ap.add_argument("--data", help="elpv, elpv:4class, or a drawn-defect folder with train/ and test/")
-    ap.add_argument("--dev", type=int, default=600, help="ELPV: size of the dev subset of the train pool")
-    ap.add_argument("--shots", type=int, nargs="+", default=[16])
-    ap.add_argument("--seeds", default="1-10")
-    ap.add_argument("--out")
-    args = ap.parse_args(argv)
-    if args.report:
-        print(report(Path(args.report)))
-        return 0
-    if not args.data or not args.out:
-        ap.error("--data and --out are required")
-    a, _, b = args.seeds.partition("-")
-    seeds = list(range(int(a), int(b or a) + 1))
+def load_study(data_name: str, shots_list, seeds, out: Path, dev: int = 600, size: int | None = None):
+    """(features by pooling ``{"avg", "max"}: [N, 8, D]``, labels ``[N]``, ``{(shots, seed): (train idx,
+    val idx)}``, dev indices, a tag naming the resolution): the few-shot draws of the product's
+    ``few_shot_split`` and the frozen features of every image they and the dev split need, cached in ``out``."""
     torch.set_num_threads(2)
     from adapt.data import few_shot_split, load_dataset
     from adapt.data.images import stratified_split
     from adapt.defaults import DEFAULT_ARCH
     from adapt.pipelines.default_backbone import load_backbone
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(args.data)
-    if args.data.startswith("elpv"):
+    data = load_dataset(data_name)
+    if data_name.startswith("elpv"):
         pool_all = data.train
-        rest, dev = stratified_split(pool_all.labels, args.dev / len(pool_all), seed=12345)
+        rest, dev_part = stratified_split(pool_all.labels, dev / len(pool_all), seed=12345)
         images = pool_all
-        dev_idx = np.asarray(dev)
+        dev_idx = np.asarray(dev_part)
         draw_pool = pool_all.subset(rest)
         draw_map = np.asarray(rest)  # draw_pool index -> images index
     else:  # a dev folder: few-shot images from train/, scored on test/
@@ -208,12 +201,13 @@ def main(argv=None) -> int:
         dev_idx = np.arange(len(data.train), len(images))
     where = {k: i for i, k in enumerate(images.keys)}
     draws = {}
-    for shots in args.shots:
+    for shots in shots_list:
         for seed in seeds:
             split = few_shot_split(draw_pool, shots, seed)
             draws[shots, seed] = (np.array([where[k] for k in split.train.keys]), np.array([where[k] for k in split.val.keys]))
     need = np.unique(np.concatenate([dev_idx, *[np.concatenate(d) for d in draws.values()]]))
-    cache = out / f"features-{args.data.replace('/', '_').replace(':', '-')}.npz"
+    size_tag = f"-{size}px" if size else ""
+    cache = out / f"features-{data_name.replace('/', '_').replace(':', '-')}{size_tag}.npz"
     feats = {}
     if cache.is_file():
         stored = dict(np.load(cache))
@@ -221,19 +215,43 @@ def main(argv=None) -> int:
             feats = {k: v for k, v in stored.items() if k != "have"}
     if not feats:
         backbone = load_backbone(DEFAULT_ARCH, "default")
+        if size:
+            backbone = dataclasses.replace(backbone, image_size=size)
         sub = extract(backbone, images.subset(need))
         for k, v in sub.items():
             full = np.zeros((len(images), *v.shape[1:]), np.float32)
             full[need] = v
             feats[k] = full
         np.savez(cache, have=need, **feats)
-    labels = np.asarray(images.labels)
+    return feats, np.asarray(images.labels), draws, dev_idx, size_tag
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--report", default=None, help="print the table of a linear_recipe.jsonl and exit")
+    ap.add_argument("--data", help="elpv, elpv:4class, or a drawn-defect folder with train/ and test/")
+    ap.add_argument("--dev", type=int, default=600, help="ELPV: size of the dev subset of the train pool")
+    ap.add_argument("--shots", type=int, nargs="+", default=[16])
+    ap.add_argument("--seeds", default="1-10")
+    ap.add_argument("--out")
+    ap.add_argument("--size", type=int, default=None, help="input resolution of the trunk (default: the backbone's, 224)")
+    ap.add_argument("--only-default", action="store_true", help="only the product's default recipe (and `product`, the old one)")
+    args = ap.parse_args(argv)
+    if args.report:
+        print(report(Path(args.report)))
+        return 0
+    if not args.data or not args.out:
+        ap.error("--data and --out are required")
+    a, _, b = args.seeds.partition("-")
+    seeds = list(range(int(a), int(b or a) + 1))
+    out = Path(args.out)
+    feats, labels, draws, dev_idx, size_tag = load_study(args.data, args.shots, seeds, out, dev=args.dev, size=args.size)
     rows = out / "linear_recipe.jsonl"
     for shots in args.shots:
         for seed in seeds:
             tr, va = draws[shots, seed]
-            res = run_recipes(feats, labels, tr, va, dev_idx, seed)
-            rec = {"data": args.data, "shots": shots, "seed": seed, **res}
+            res = run_recipes(feats, labels, tr, va, dev_idx, seed, only=args.only_default)
+            rec = {"data": args.data + size_tag, "shots": shots, "seed": seed, **res}
             with rows.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}), flush=True)

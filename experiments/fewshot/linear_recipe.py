@@ -124,8 +124,8 @@ def choose_c_cv(feats, idx, y, aug, tta, seed, folds=4, repeats=2) -> float:
     return float(C_GRID[best])
 
 
-def run_recipes(feats_by_kind, labels, train_idx, val_idx, dev_idx, seed, only: bool = False) -> dict[str, float]:
-    """Every recipe's dev balanced accuracy (``only``: just today's product default, ``cv-refit+aug8+tta8 max``)."""
+def run_recipes(feats_by_kind, labels, train_idx, val_idx, dev_idx, seed, only: tuple[int, ...] = ()) -> dict[str, float]:
+    """Every recipe's dev balanced accuracy (``only``: just today's product default, ``cv-refit+aug8+ttaN max``, for these N)."""
     y_tr, y_va, y_dev = labels[train_idx], labels[val_idx], labels[dev_idx]
     out = {}
     f = feats_by_kind["avg"]
@@ -140,8 +140,8 @@ def run_recipes(feats_by_kind, labels, train_idx, val_idx, dev_idx, seed, only: 
     y_pool = labels[pool]
     for kind in ("avg", "max"):
         f = feats_by_kind[kind]
-        for aug, tta, name in ((1, 1, "cv-refit"), (8, 1, "cv-refit+aug8"), (8, 2, "cv-refit+aug8+tta2"), (8, 8, "cv-refit+aug8+tta8"), (-8, 8, "cv-refit+sym8")):
-            if (kind == "max" and aug == 1) or (only and (kind, aug, tta) != ("max", 8, 8)):
+        for aug, tta, name in ((1, 1, "cv-refit"), (8, 1, "cv-refit+aug8"), (8, 2, "cv-refit+aug8+tta2"), (8, 4, "cv-refit+aug8+tta4"), (8, 8, "cv-refit+aug8+tta8"), (-8, 8, "cv-refit+sym8")):
+            if (kind == "max" and aug == 1) or (only and (kind, aug) != ("max", 8)) or (only and tta not in only):
                 continue
             c = choose_c_cv(f, pool, y_pool, aug, tta, seed)
             x, yy = train_rows(f, pool, y_pool, aug)
@@ -235,7 +235,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="1-10")
     ap.add_argument("--out")
     ap.add_argument("--size", type=int, default=None, help="input resolution of the trunk (default: the backbone's, 224)")
-    ap.add_argument("--only-default", action="store_true", help="only the product's default recipe (and `product`, the old one)")
+    ap.add_argument("--only-default", type=int, nargs="*", default=None, metavar="TTA",
+                    help="only the product's default recipe with these test-time views (none given: 8), and `product`, the old one")
     args = ap.parse_args(argv)
     if args.report:
         print(report(Path(args.report)))
@@ -250,7 +251,7 @@ def main(argv=None) -> int:
     for shots in args.shots:
         for seed in seeds:
             tr, va = draws[shots, seed]
-            res = run_recipes(feats, labels, tr, va, dev_idx, seed, only=args.only_default)
+            res = run_recipes(feats, labels, tr, va, dev_idx, seed, only=tuple(args.only_default or [8]) if args.only_default is not None else ())
             rec = {"data": args.data + size_tag, "shots": shots, "seed": seed, **res}
             with rows.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")

@@ -15,7 +15,7 @@ images, as the product does, and whatever it chooses), then scores the evaluatio
 - ``pick-ratio``: ``max(z_patch, r z_image)``, ``r`` from a small grid chosen by validation ROC-AUC.
 
     python experiments/anomaly/combine_rules.py /tmp/raw --split dev             # the dev table (choosing)
-    python experiments/anomaly/combine_rules.py /tmp/raw --split test --rules max pick[local,image,max]
+    python experiments/anomaly/combine_rules.py /tmp/raw --split test --report max pick[local,image,max]   # old vs new
 """
 
 from __future__ import annotations
@@ -99,6 +99,22 @@ def load(raw: Path, split: str) -> dict[str, list[dict]]:
     return dict(by_data)
 
 
+def report(by_data: dict[str, list[dict]], old: str, new: str) -> str:
+    """Old vs new rule per dataset: ROC-AUC and balanced accuracy (mean ± std over seeds), what ``new`` chose, ROC-AUC per kind."""
+    def ms(v) -> str:
+        return f"{np.mean(v):.3f} ± {np.std(v):.3f}"
+
+    lines = [f"| data | seeds | ROC-AUC {old} | ROC-AUC {new} | bal. acc {old} | bal. acc {new} | {new} chose | ROC-AUC per kind, {old} -> {new} |",
+             "|---|---|---|---|---|---|---|---|"]
+    for d, fits in by_data.items():
+        a, b = [evaluate(old, r) for r in fits], [evaluate(new, r) for r in fits]
+        picks = [row["chosen"] for row in b]
+        kinds = ", ".join(f"{k} {np.mean([r['kind_auc'][k] for r in a]):.2f} -> {np.mean([r['kind_auc'][k] for r in b]):.2f}" for k in a[0]["kind_auc"])
+        lines.append(f"| {d} | {len(fits)} | {ms([r['auc'] for r in a])} | **{ms([r['auc'] for r in b])}** | {ms([r['bacc'] for r in a])} | "
+                     f"{ms([r['bacc'] for r in b])} | {', '.join(f'{c} {picks.count(c)}' for c in sorted(set(picks)))} | {kinds} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("raw", type=Path)
@@ -108,8 +124,12 @@ def main() -> None:
                                                      "pick-ratio", "logreg-C0.01", "logreg-C0.1", "logreg-C1"])
     ap.add_argument("--key", default="auc", choices=("auc", "bacc"))
     ap.add_argument("--out", type=Path, help="append one JSON row per (data, seed, rule)")
+    ap.add_argument("--report", nargs=2, metavar=("OLD", "NEW"), help="print old vs new per dataset and exit")
     args = ap.parse_args()
     by_data = load(args.raw, args.split)
+    if args.report:
+        print(report(by_data, *args.report))
+        return
     datas = list(by_data)
     print(f"| rule | {' | '.join(f'{d} ({len(by_data[d])})' for d in datas)} | mean | worst |")
     print("|---|" + "---|" * (len(datas) + 2))

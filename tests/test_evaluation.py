@@ -37,3 +37,40 @@ def test_no_review_without_validation_data_or_when_everything_is_right():
     assert choose_reject_threshold(None, np.array([])) == 0.0
     probs, labels = _two_class([0.9, 0.8, 0.7, 0.6], [True] * 4)
     assert choose_reject_threshold(probs, labels) == 0.0
+
+
+@pytest.mark.unit
+def test_evaluation_takes_the_cached_feature_shortcut_only_where_the_exported_model_agrees(tmp_path, caplog):
+    from conftest import write_brightness_folder
+    from serving_fixtures import make_tiny_onnx
+
+    from adapt.contract.runtime import OnnxRunner
+    from adapt.core.predict import predict_exported, predict_onnx
+    from adapt.data.images import ImageSet
+
+    folder = write_brightness_folder(tmp_path / "parts", per_class=10, classes=("good", "defect"))
+    keys = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png"))
+    images = ImageSet(keys, [int(k.startswith("defect")) for k in keys], ("good", "defect"), root=str(folder))
+    path = make_tiny_onnx(tmp_path / "m.onnx")
+    meta = OnnxRunner(path).metadata
+    truth = predict_onnx(path, images, meta, progress=False)
+
+    calls = []
+
+    def same(subset):  # what a frozen-feature head on cached features computes: the model's own numbers
+        calls.append(len(subset))
+        return predict_onnx(path, subset, meta, progress=False)
+
+    probs, how = predict_exported(path, images, meta, same, tolerance=1e-4, check=5, progress=False)
+    np.testing.assert_allclose(probs, truth, atol=1e-6)
+    assert how["route"] == "cached features" and how["checked_images"] == 5 and calls == [20]
+
+    def wrong(subset):  # a shortcut that drifted from the export (stale cache, changed trunk)
+        return predict_onnx(path, subset, meta, progress=False)[:, ::-1]
+
+    with caplog.at_level("WARNING"):
+        probs, how = predict_exported(path, images, meta, wrong, tolerance=1e-4, check=5, progress=False)
+    np.testing.assert_allclose(probs, truth, atol=1e-6)  # the model's answers, not the shortcut's
+    assert how == {"route": "exported model"} and "evaluating every image with the model" in caplog.text
+    probs, how = predict_exported(path, images, meta, lambda s: truth[:3], tolerance=1e-4, progress=False)
+    assert how == {"route": "exported model"} and probs.shape == truth.shape

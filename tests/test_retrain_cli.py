@@ -38,6 +38,8 @@ def test_retrain_writes_model_metrics_and_confusion_matrix(method, parts, tmp_pa
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     if method in ("linear", "tip-adapter"):  # brightness is trivially separable
         assert metrics["accuracy"] >= 0.85
+    # the linear probe is scored from its cached test features once the exported model agreed on a sample
+    assert metrics["evaluation"]["route"] == ("cached features" if method == "linear" else "exported model")
 
     # eval on the exported model reproduces the held-out metrics
     assert main(["-q", "eval", "--model", str(out), "--data", str(parts), "--json"]) == 0

@@ -41,8 +41,8 @@ class LinearConfig:
     cv_folds: int = hp(4, "select=cv: k of the k-fold")
     cv_repeats: int = hp(2, "select=cv: repeats of the k-fold")
     train_views: int = hp(8, "each labelled image enters the fit as this many of its dihedral views (1 = itself; 2 = + mirror; 8 = + quarter turns)")
-    tta_views: int = hp(8, "test-time augmentation inside the exported model: mean feature of this many dihedral views "
-                        "(costs as many inferences; 1 = the image alone, fastest)")
+    tta_views: int = hp(4, "test-time augmentation inside the exported model: mean feature of this many dihedral views "
+                        "(costs as many inferences; 1 = the image alone, fastest; 4 = the image, its mirror, and a quarter turn of each; 8 = all)")
     pooling: str = hp("avg+max", "how each stage map becomes a vector: 'avg', or 'avg+max' (its maximum too: small marks on busy surfaces)")
 
     def __post_init__(self) -> None:

@@ -250,7 +250,8 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     out.mkdir(parents=True, exist_ok=True)
     from adapt.core.classifier import save_classifier
     from adapt.core.export import export_onnx
-    from adapt.core.predict import predict_onnx
+    from adapt.core.export import PARITY_TOLERANCE
+    from adapt.core.predict import predict_exported
 
     t2 = time.perf_counter()
     save_classifier(classifier, out / TORCH_FILE)
@@ -259,8 +260,9 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
 
     t3 = time.perf_counter()
     meta = classifier.info.metadata()
-    probs = predict_onnx(model_path, data.test, meta, progress=cfg.progress)
+    probs, evaluation = predict_exported(model_path, data.test, meta, fitted.predict, tolerance=PARITY_TOLERANCE, progress=cfg.progress)
     metrics = compute_metrics(probs, data.test.labels, data.classes, reject_threshold=threshold)
+    metrics["evaluation"] = evaluation
     if prepared.extra_metrics is not None:
         metrics.update(prepared.extra_metrics(probs, fitted.params))
     if selection is not None:

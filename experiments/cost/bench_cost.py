@@ -197,7 +197,7 @@ def measure(spec: dict) -> dict:
     method, hparams = METHODS[name][0], spec["hparams"]
     with tempfile.TemporaryDirectory(prefix="bench-cost-out-") as out:
         cfg = RetrainConfig(
-            data=DATA, method=method, shots=SHOTS, seed=SEED, backbone=spec["backbone"], pretrained=spec["pretrained"],
+            data=DATA, method=method, shots=SHOTS, seed=spec.get("seed", SEED), backbone=spec["backbone"], pretrained=spec["pretrained"],
             output_dir=Path(out), hparams=hparams, progress=False,
         )
         result = run_retrain(cfg, Hooks())

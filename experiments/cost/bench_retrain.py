@@ -11,6 +11,9 @@ in two cases:
   first retrain on a machine, or after a backbone change);
 - ``new data``: the encoder graph cached by an earlier retrain, the feature cache emptied (what
   a user meets every time they retrain on new images).
+- ``next seed``: right after ``new data``, the same data with ``--seed 2`` (what a user meets
+  when trying another seed, shot count or method: the test images' features are cached, the
+  new few-shot images' are not).
 
 Writes ``retrain.md`` and ``retrain.json`` beside this file (``--out`` elsewhere).
 """
@@ -32,13 +35,14 @@ HERE = Path(__file__).resolve().parent
 from bench_cost import PHASES, check_backbone_available, warm_page_cache  # this folder is sys.path[0]
 from machine import CpuWatch, machine_facts, quietness_warnings
 
-CASES = ("cold", "new data")
+CASES = ("cold", "new data", "next seed")
 
 
-def run_case(cache: Path, env_extra: dict[str, str]) -> dict:
+def run_case(cache: Path, env_extra: dict[str, str], seed: int = 1) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        spec = {"name": "linear", "hparams": {}, "backbone": env_extra["backbone"], "pretrained": env_extra["pretrained"]}
+        spec = {"name": "linear", "hparams": env_extra.get("hparams", {}), "backbone": env_extra["backbone"],
+                "pretrained": env_extra["pretrained"], "seed": seed}
         env = {**os.environ, **env_extra["env"], "ADAPT_CACHE_DIR": str(cache)}
         cmd = [sys.executable, str(HERE / "bench_cost.py"), "--worker", json.dumps(spec), "--worker-out", str(out)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -52,10 +56,12 @@ def main(argv=None) -> None:
     p.add_argument("--backbone", default="adapt-effnet-lite0")
     p.add_argument("--pretrained", default="default")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="linear hyper-parameters, as adapt retrain --hp")
     p.add_argument("--label", default="", help="what this run measures (e.g. 'before', 'after'), recorded in the outputs")
     p.add_argument("--out", default=str(HERE))
     args = p.parse_args(argv)
-    extra = {"backbone": args.backbone, "pretrained": args.pretrained, "env": check_backbone_available(args.backbone, args.pretrained)}
+    extra = {"backbone": args.backbone, "pretrained": args.pretrained, "env": check_backbone_available(args.backbone, args.pretrained),
+             "hparams": dict(kv.split("=", 1) for kv in args.hp)}
     warm_page_cache()
     watch = CpuWatch().start()
     runs: dict[str, list[dict]] = {c: [] for c in CASES}
@@ -64,6 +70,7 @@ def main(argv=None) -> None:
             runs["cold"].append(run_case(Path(cache), extra))
             shutil.rmtree(Path(cache) / "features", ignore_errors=True)
             runs["new data"].append(run_case(Path(cache), extra))
+            runs["next seed"].append(run_case(Path(cache), extra, seed=2))
     report = {
         "label": args.label,
         "machine": machine_facts(HERE.parents[1]),
@@ -76,7 +83,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "retrain.json").write_text(json.dumps(report, indent=2, default=str))
     w = report["watch"]
-    lines = [f"# 16-shot linear retrain by phase ({args.backbone} @ {args.pretrained}, ELPV, seed 1){' - ' + args.label if args.label else ''}", ""]
+    lines = [f"# 16-shot linear retrain by phase ({args.backbone} @ {args.pretrained}, ELPV, seed 1; next seed: 2; hp {extra['hparams'] or 'defaults'}){' - ' + args.label if args.label else ''}", ""]
     lines += [f"> {w}" for w in report["warnings"]] + ([""] if report["warnings"] else [])
     lines += ["| case | load | features | fit | export | evaluate | total | test bal. acc. |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c, s in report["summary"].items():

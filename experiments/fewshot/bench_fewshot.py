@@ -42,6 +42,7 @@ METHODS = ("zeroshot", "linear", "coop", "lora", "tip-adapter")
 VARIANTS = {
     "linear-v1": ("linear", {"select": "val", "train_views": "1", "tta_views": "1", "pooling": "avg"}),  # until 2026-12-07
     "linear-tta1": ("linear", {"tta_views": "1"}),  # today's recipe without test-time views (1 inference per image)
+    "linear-tta8": ("linear", {"tta_views": "8"}),  # the default of 2026-12-07 (8 test-time views; 4 since 2026-12-08)
 }
 TASKS = {"binary": ("elpv", "elpv"), "4class": ("elpv:4class", "elpv:4class"), "mono->poly": ("elpv:mono", "elpv:poly"), "poly->mono": ("elpv:poly", "elpv:mono")}
 

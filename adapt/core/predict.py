@@ -1,5 +1,7 @@
 """Run an exported ONNX classifier over an ``ImageSet`` with the contract's ``OnnxRunner``, the
-runner the service uses (evaluation measures exactly what is served)."""
+runner the service uses (evaluation measures exactly what is served), or, for a frozen-feature
+model, its head on the cached features once the exported model has given the same answers on a
+sample of the images (``predict_exported``)."""
 
 from __future__ import annotations
 

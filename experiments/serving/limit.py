@@ -41,10 +41,10 @@ def load(path: Path, threads: int, spinning: str) -> OnnxClassifier:
     """The server's model object (its preprocessing, its session options), with ``spinning`` set."""
     ort.set_default_logger_severity(3)  # overwriting the server's spinning entry is intended, not a warning
     model = OnnxClassifier(path, RuntimeConfig(intra_op_threads=threads))
-    options = model._session.get_session_options()
+    options = model.session.get_session_options()
     for key, value in SPINNING[spinning].items():
         options.add_session_config_entry(key, value)
-    model._session = ort.InferenceSession(str(path), options, providers=list(model.providers))
+    model.session = ort.InferenceSession(str(path), options, providers=list(model.providers))
     return model
 
 

@@ -38,7 +38,7 @@ def predict_exported(
 
     ``shortcut(images)`` is a faster route to the same numbers: a frozen-feature method's head on
     the features cached for those images (its encoder is the cached encoder graph, so a second
-    retrain on the same data decodes nothing). It is used only after the exported model itself
+    retrain on the same data decodes only the checked images). It is used only after the exported model itself
     gave the same probabilities, within ``tolerance``, on ``check`` images spread over the set;
     otherwise, or without a shortcut, every image goes through the exported model."""
     if shortcut is not None and len(images):

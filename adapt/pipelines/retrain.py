@@ -249,8 +249,7 @@ def run_retrain(cfg: RetrainConfig, hooks: RunHooks | None = None) -> RetrainRes
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     from adapt.core.classifier import save_classifier
-    from adapt.core.export import export_onnx
-    from adapt.core.export import PARITY_TOLERANCE
+    from adapt.core.export import PARITY_TOLERANCE, export_onnx
     from adapt.core.predict import predict_exported
 
     t2 = time.perf_counter()

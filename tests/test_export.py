@@ -50,6 +50,10 @@ def test_parity_check_names_the_difference_when_torch_and_onnx_disagree(classifi
         changed.head.linear.bias += torch.tensor([2.0, -2.0])  # the torch model is no longer what was exported
     with pytest.raises(AdaptError, match=r"parity check failed: max \|p_onnx - p_torch\| = .* > 1e-04"):
         check_parity(changed, path)
+    # what an export runs: the torch head on the cached encoder graph's features
+    assert check_parity(classifier, path, reference="encoder-graph") <= 1e-4
+    with pytest.raises(AdaptError, match=r"parity check failed: max \|p_onnx - p_torch\|"):
+        check_parity(changed, path, reference="encoder-graph")
 
 
 @pytest.mark.integration
@@ -58,7 +62,11 @@ def test_an_export_that_fails_parity_leaves_no_model_behind(classifier, tmp_path
 
     good = export_onnx(classifier, tmp_path / "model.onnx")  # the model a user had before
     before = good.read_bytes()
-    monkeypatch.setattr(OnnxRunner, "predict", lambda self, pixels, batch_size=0: np.full((len(pixels), 2), 0.5, np.float32))
+    class Broken(OnnxRunner):  # the exported model as ONNX Runtime runs it gives something else than torch
+        def predict(self, pixels, batch_size=0):
+            return np.full((len(pixels), 2), 0.5, np.float32)
+
+    monkeypatch.setattr("adapt.core.export.OnnxRunner", Broken)
     with pytest.raises(AdaptError, match="parity check failed"):
         export_onnx(classifier, tmp_path / "model.onnx")
     assert good.read_bytes() == before  # not replaced by the graph that failed

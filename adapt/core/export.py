@@ -3,7 +3,8 @@
 The graph's input is ``pixels: uint8[N, H, W, 3]`` with a dynamic batch axis; normalisation is
 inside the graph; labels, input size, resize rule, reject threshold and model identity travel
 in the model's metadata (``adapt.contract.modelmeta``). ``check_parity`` compares ONNX Runtime against
-the torch classifier on random images.
+the torch classifier on random images; an export compares the whole graph against the torch head on
+its encoder graph's features (that graph was checked against the torch encoder when it was cached).
 
 The file is self-contained, composed from the classifier's encoder graph (exported once per trunk
 and cached) and its head (exported per call): ``adapt.core.graphs``.
@@ -21,7 +22,7 @@ import onnx
 import torch
 
 from adapt.core.classifier import ImageClassifier
-from adapt.core.graphs import compose_classifier
+from adapt.core.graphs import EncoderGraph, HeadGraph, compose_classifier, encoder_runner
 from adapt.errors import AdaptError
 from adapt.contract.modelmeta import METADATA_KEY, ClassifierMetadata
 from adapt.contract.runtime import OnnxRunner, RuntimeConfig
@@ -63,7 +64,7 @@ def export_checked(
     try:
         onnx.save_model(model, tmp)
         if check:  # on the temporary file: a graph that fails never replaces the model at ``path``
-            err = check_parity(classifier, tmp)
+            err = check_parity(classifier, tmp, reference="encoder-graph")
             logger.info("exported %s (ONNX Runtime vs torch: max |dp| = %.2e)", path, err)
         tmp.replace(path)
     finally:
@@ -84,24 +85,39 @@ def ort_session(path: str | Path, threads: int = 0):
     return OnnxRunner(path, RuntimeConfig(intra_op_threads=threads)).session
 
 
-def check_parity(classifier: ImageClassifier, path: str | Path, n: int = 4, seed: int = 0, tolerance: float = PARITY_TOLERANCE) -> float:
+def check_parity(classifier: ImageClassifier, path: str | Path, n: int = 4, seed: int = 0, tolerance: float = PARITY_TOLERANCE,
+                 reference: str = "torch") -> float:
     """Max absolute probability difference between ONNX Runtime and torch on random images;
-    raises ``AdaptError`` above ``tolerance``."""
+    raises ``AdaptError`` above ``tolerance``.
+
+    ``reference="torch"`` runs the whole torch classifier. ``"encoder-graph"`` runs the torch head
+    on the features of the classifier's cached encoder graph (``adapt.core.graphs``), which was
+    checked against the torch encoder when it was cached, under a key of the encoder's weights and
+    spec: this checks the exported head and the composition without a torch forward of the trunk
+    (the slowest part of a retrain's export, and the whole trunk on every test-time view)."""
+    if reference not in ("torch", "encoder-graph"):
+        raise ValueError(f"reference must be 'torch' or 'encoder-graph', got {reference!r}")
     size = classifier.info.image_size
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    on_cpu = all(t.device.type == "cpu" for t in classifier.parameters())
+    cpu = classifier if on_cpu else copy.deepcopy(classifier).cpu()
+    cpu.eval()
     with torch.no_grad():
-        on_cpu = all(t.device.type == "cpu" for t in classifier.parameters())
-        reference = classifier if on_cpu else copy.deepcopy(classifier).cpu()
-        expected = reference.eval()(torch.from_numpy(pixels)).numpy()
+        if reference == "torch":
+            expected = cpu(torch.from_numpy(pixels)).numpy()
+            expected_map = cpu.forward_with_map(torch.from_numpy(pixels))[1].numpy() if cpu.has_anomaly_map else None
+        else:
+            info = cpu.info
+            features = encoder_runner(EncoderGraph.of(cpu), info.image_size, info.mean, info.std).predict(pixels)
+            out = HeadGraph(cpu.head)(torch.from_numpy(features))
+            expected, expected_map = (out[0].numpy(), out[1].numpy()) if cpu.has_anomaly_map else (out.numpy(), None)
     runner = OnnxRunner(path)
     got = runner.predict(pixels)
     err = float(np.abs(expected - got).max())
     if not err <= tolerance:
         raise AdaptError(f"ONNX export parity check failed: max |p_onnx - p_torch| = {err:.2e} > {tolerance:.0e}")
-    if classifier.has_anomaly_map:
-        with torch.no_grad():
-            expected_map = reference.forward_with_map(torch.from_numpy(pixels))[1].numpy()
+    if expected_map is not None:
         got_map = runner.predict_with_heatmap(pixels)[1]
         map_err = float(np.abs(expected_map - got_map).max() / max(1e-6, float(np.abs(expected_map).max())))
         if not map_err <= 1e-3:

@@ -196,6 +196,24 @@ def test_lora_on_a_cnn_tower_adapts_its_pointwise_convs_and_keeps_batch_norm_sta
     np.testing.assert_allclose(merged, result.val_probabilities, atol=1e-5)
 
 
+@pytest.mark.integration
+def test_lora_select_all_fine_tunes_on_every_labelled_image_and_exports_its_test_time_views(cnn_context):
+    data, ctx = cnn_context
+    before = {k: v.clone() for k, v in ctx.backbone.model.visual.state_dict().items()}
+    cfg = make_config(Method.LORA, {"select": "all", "epochs": "2", "lr": "1e-2", "pooling": "avg+max", "tta_views": "2", "probe_views": "2"})
+    result = fit(Method.LORA, ctx, cfg)
+    spec = result.classifier.encoder.spec
+    assert spec.views == 2 and spec.pooling == "avg+max"  # what the exported model computes
+    assert result.params["epochs_run"] == 2 and result.params["best_epoch"] == -1  # no validation: the last epoch is kept
+    assert result.val_probabilities is None and not result.notes  # nothing held out, nothing claimed about it
+    changed = {k for k in before if not torch.equal(before[k], result.classifier.encoder.visual.state_dict()[k])}
+    assert changed and all(".conv_pw" in k for k in changed)  # the adapters trained and were merged
+    with pytest.raises(ValueError, match="select=all fine-tunes from the linear probe"):
+        make_config(Method.LORA, {"select": "all", "head": "text"})
+    with pytest.raises(ValueError, match="select must be"):
+        make_config(Method.LORA, {"select": "best"})
+
+
 @pytest.mark.unit
 def test_cnn_features_are_pooled_mid_level_stages_for_probes_and_both_for_the_cache(tiny_cnn_backbone, tiny_backbone):
     from adapt.core.encoders import EMBEDDING, STAGES, ImageEncoder

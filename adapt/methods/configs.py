@@ -93,6 +93,11 @@ class LoraConfig:
     patience: int = hp(8, "epochs without a better validation score before stopping")
     augment: bool = hp(True, "random resized crop + flips on the training images")
     inspection_augment: bool = hp(False, "also quarter turns, brightness/contrast and a light blur (surfaces without a preferred orientation)")
+    select: str = hp("val", "head=linear-probe: 'val' (fine-tune on the training images, keep the best validation epoch, the start included) "
+                     "or 'all' (start from the linear probe refit on train + val, fine-tune on all of them for --hp epochs, keep the last)")
+    pooling: str = hp("avg", "head=linear-probe on a CNN: 'avg' or 'avg+max' pooled stage maps, as the linear probe's --hp pooling")
+    probe_views: int = hp(1, "head=linear-probe: dihedral views of each training image in the starting probe's fit (as linear's train_views)")
+    tta_views: int = hp(1, "test-time augmentation inside the exported model: mean feature of this many dihedral views (1-8)")
 
     def __post_init__(self) -> None:
         if self.head not in LORA_HEADS:
@@ -104,6 +109,14 @@ class LoraConfig:
             raise ValueError(f"modules must be a non-empty subset of {sorted(known)}")
         if self.rank < 1:
             raise ValueError("rank must be >= 1")
+        if self.pooling not in ("avg", "avg+max"):
+            raise ValueError(f"pooling must be 'avg' or 'avg+max', got {self.pooling!r}")
+        if self.select not in ("val", "all"):
+            raise ValueError(f"select must be 'val' or 'all', got {self.select!r}")
+        if self.select == "all" and self.head != "linear-probe":
+            raise ValueError("select=all fine-tunes from the linear probe: head=linear-probe")
+        if not 1 <= self.probe_views <= 8 or not 1 <= self.tta_views <= 8:
+            raise ValueError("probe_views and tta_views must be 1-8 (dihedral views: quarter turns x mirror)")
 
     def adapted_towers(self) -> list[str]:
         """The text tower takes no part in a linear-probe head, so it gets no adapters then."""

@@ -14,12 +14,19 @@ Two heads:
   as a candidate on validation, fine-tuning can only replace it by something better there.
 Images are augmented (random resized crop, flips). The best validation epoch is kept, the
 adapters are merged into the weights, and the classifier is exported like any other.
+``--hp select=all`` instead starts from the linear probe refit on all labelled images (C by
+cross-validation) and fine-tunes on all of them for ``epochs``, keeping the last (no image held
+out to stop on; ``--method auto``'s cross-validation is then the only judge). ``pooling``,
+``probe_views`` and ``tta_views`` are the linear probe's recipe (``adapt.methods.linear``). On dev
+folders none of this beat the linear probe on both local and texture-wide defects, so the
+defaults stay (experiments/fewshot/lora_recipe/results.md).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -132,8 +139,10 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
 
         # the starting head, fitted on the training images' frozen features: the validation images
         # must stay unseen, since fine-tuning has to beat this start on them
-        # (on the features LoRA's network computes: the probe encoder, average-pooled, one view)
-        probe = fit_linear(ctx, LinearConfig(select="val", train_views=1, tta_views=1, pooling="avg")).classifier.head
+        # (on the features LoRA's network computes: the probe encoder, one view of each image in training)
+        # (select=all: no validation images to keep unseen; the probe's C by cross-validation over all of them, then refit)
+        select = "val" if cfg.select == "val" else "cv"
+        probe = fit_linear(ctx, LinearConfig(select=select, train_views=cfg.probe_views, tta_views=1, pooling=cfg.pooling)).classifier.head
     model = copy.deepcopy(b.model).float()
     cnn = bool(b.feature_stages)
     peft_cfg = PeftLoraConfig(
@@ -145,7 +154,7 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
         raise AdaptError(f"LoRA found no {cfg.modules} modules in the {cfg.towers} tower(s) of {b.arch}: {exc}") from exc
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     inner = peft_model.base_model.model
-    spec = b.encoder_spec("probe" if probe is not None else "text")
+    spec = ctx.spec("probe", pooling=cfg.pooling) if probe is not None else b.encoder_spec("text")
     if probe is not None:
         net = LoraProbeNet(ImageEncoder(inner.visual, spec), probe, b.mean, b.std)
         trainable += sum(p.numel() for p in probe.parameters())
@@ -158,6 +167,9 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
     train_px = load_pixels(ctx.split.train, b.image_size, b.resize_mode, ctx.progress)
     val_px = load_pixels(ctx.split.val, b.image_size, b.resize_mode, ctx.progress)
     y_train, y_val = labels_tensor(ctx.split.train), labels_tensor(ctx.split.val)
+    if cfg.select == "all":  # every labelled image trains, for a fixed number of epochs (the last is kept)
+        train_px, y_train = torch.cat([train_px, val_px]), torch.cat([y_train, y_val])
+        val_px, y_val = val_px[:0], y_val[:0]
     result = ctx.train_net(
         net,
         AugmentedPixels(train_px, y_train, cfg.augment, cfg.inspection_augment),
@@ -166,7 +178,6 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
     )
     net.eval()
     with torch.no_grad():
-        val_probs = torch.softmax(net(val_px), dim=-1).numpy() if len(y_val) else None
         head = probe if probe is not None else CosineHead(net.class_embeddings(), net.scale)
     merged = peft_model.merge_and_unload()
     params = {**cfg.__dict__, "trainable_parameters": trainable, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
@@ -175,7 +186,9 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
         start = "linear probe" if probe is not None else "zero-shot prompts"
         notes.append(f"lora: none of {result.epochs_run} fine-tuned epochs beat its starting point on validation, so this model "
                      f"is the {start} on the unadapted tower (try --method linear, or more images)")
-    clf = ImageClassifier(ImageEncoder(merged.visual, spec), head, ctx.info(Method.LORA, params)).eval()
+    clf = ImageClassifier(ImageEncoder(merged.visual, replace(spec, views=cfg.tta_views)), head, ctx.info(Method.LORA, params)).eval()
     for p in clf.parameters():
         p.requires_grad_(False)
+    with torch.no_grad():  # what the exported model says of the validation images (its test-time views included)
+        val_probs = clf(val_px).numpy() if len(y_val) else None
     return FitResult(clf, params=params, val_probabilities=val_probs, history=result.history, notes=notes)

@@ -137,10 +137,9 @@ def fit_lora(ctx: AdaptContext, cfg: LoraConfig | None = None) -> FitResult:
         from adapt.methods.configs import LinearConfig
         from adapt.methods.linear import fit_linear
 
-        # the starting head, fitted on the training images' frozen features: the validation images
-        # must stay unseen, since fine-tuning has to beat this start on them
-        # (on the features LoRA's network computes: the probe encoder, one view of each image in training)
-        # (select=all: no validation images to keep unseen; the probe's C by cross-validation over all of them, then refit)
+        # the starting head on the frozen features LoRA's network computes. select=val: fitted on the
+        # training images only, since fine-tuning has to beat this start on the unseen validation
+        # images; select=all: nothing is held out, so C by cross-validation over all, then refit
         select = "val" if cfg.select == "val" else "cv"
         probe = fit_linear(ctx, LinearConfig(select=select, train_views=cfg.probe_views, tta_views=1, pooling=cfg.pooling)).classifier.head
     model = copy.deepcopy(b.model).float()
